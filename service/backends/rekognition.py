@@ -1,0 +1,107 @@
+"""Amazon Rekognition DetectModerationLabels through aioboto3.
+
+This module is the one boundary where botocore's errors become ours: problems with the image are
+InputErrors (dead-lettered), throttling and server errors are retriable BackendErrors, and
+everything else (credentials, permissions, network) is a non-retriable BackendError that the
+pipeline treats as an outage to wait out, never as a reason to dead-letter good input.
+SDK-level retries are off: the pipeline's limiter must see every throttle to adapt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import aioboto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from service.backends.base import ModerationResult
+from service.errors import BackendError, InputError, Reason
+from service.messages import Label, S3Image
+from service.settings import BackendSettings
+
+_IMAGE_ERRORS = {
+    "InvalidImageFormatException": Reason.INVALID_IMAGE_FORMAT,
+    "ImageTooLargeException": Reason.IMAGE_TOO_LARGE,
+    "InvalidS3ObjectException": Reason.INVALID_S3_OBJECT,
+    "InvalidParameterException": Reason.INVALID_PARAMETER,
+}
+_THROTTLING = {"ThrottlingException", "ProvisionedThroughputExceededException"}
+_RETRIABLE = {"InternalServerError", "ServiceUnavailableException", "ServiceUnavailable"}
+
+
+def translate_client_error(exc: ClientError) -> InputError | BackendError:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", "Unknown"))
+    message = str(error.get("Message", ""))
+    if code in _IMAGE_ERRORS:
+        return InputError(_IMAGE_ERRORS[code], f"Rekognition {code}: {message}")
+    if code in _THROTTLING:
+        return BackendError(code, message, retriable=True, throttled=True)
+    return BackendError(code, message, retriable=code in _RETRIABLE)
+
+
+def parse_labels(response: dict[str, Any]) -> list[Label]:
+    return [
+        Label(
+            name=item["Name"],
+            parent=item.get("ParentName", ""),
+            confidence=float(item["Confidence"]),
+            taxonomy_level=int(item.get("TaxonomyLevel", 0)),
+        )
+        for item in response.get("ModerationLabels", [])
+    ]
+
+
+class RekognitionBackend:
+    def __init__(self, settings: BackendSettings) -> None:
+        self._settings = settings
+        self._exit_stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+
+    async def start(self) -> None:
+        config = Config(
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            max_pool_connections=self._settings.max_in_flight,
+            connect_timeout=min(10.0, self._settings.call_timeout_s),
+            read_timeout=self._settings.call_timeout_s,
+        )
+        session = aioboto3.Session()
+        self._client = await self._exit_stack.enter_async_context(
+            session.client(
+                "rekognition",
+                region_name=self._settings.region,
+                endpoint_url=self._settings.endpoint_url,
+                config=config,
+            )
+        )
+
+    async def close(self) -> None:
+        self._client = None
+        await self._exit_stack.aclose()
+
+    async def moderate(self, image: S3Image | bytes, min_confidence: float) -> ModerationResult:
+        if self._client is None:
+            raise RuntimeError("RekognitionBackend.start() was not awaited")
+        if isinstance(image, S3Image):
+            s3_object = {"Bucket": image.bucket, "Name": image.key}
+            if image.version is not None:
+                s3_object["Version"] = image.version
+            request_image: dict[str, Any] = {"S3Object": s3_object}
+        else:
+            request_image = {"Bytes": image}
+        try:
+            response = await self._client.detect_moderation_labels(
+                Image=request_image, MinConfidence=min_confidence
+            )
+        except ClientError as exc:
+            raise translate_client_error(exc) from exc
+        except BotoCoreError as exc:
+            # Connection failures, timeouts, credential problems: the backend, not the image.
+            raise BackendError(type(exc).__name__, str(exc), retriable=True) from exc
+        return ModerationResult(
+            labels=parse_labels(response),
+            model_version=response.get("ModerationModelVersion"),
+            human_loop=response.get("HumanLoopActivationOutput"),
+        )

@@ -1,0 +1,82 @@
+"""The service's error tree.
+
+Callers decide by type and by the ``retriable`` flag, never by message text. Third-party errors
+(botocore, aiohttp, aiokafka) are translated into these at exactly one boundary each and raised
+``from`` the original, so the cause stays visible in tracebacks.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Stable codes for why a message went to the dead-letter topic.
+
+    The value is part of the public contract: it is the DLQ record's ``error.reason``, the
+    ``moderation-error-reason`` header, and a metric label. Add codes; never rename them.
+    """
+
+    MALFORMED_JSON = "malformed_json"
+    MISSING_FIELD = "missing_field"
+    INVALID_FIELD = "invalid_field"
+    INVALID_BASE64 = "invalid_base64"
+    IMAGE_TOO_LARGE = "image_too_large"
+    NOT_AN_IMAGE = "not_an_image"
+    INVALID_URL = "invalid_url"
+    FORBIDDEN_URL = "forbidden_url"
+    UNREACHABLE_URL = "unreachable_url"
+    URL_HTTP_ERROR = "url_http_error"
+    INVALID_S3_OBJECT = "invalid_s3_object"
+    INVALID_IMAGE_FORMAT = "invalid_image_format"
+    INVALID_PARAMETER = "invalid_parameter"
+    RECORD_TOO_LARGE = "record_too_large"
+    INTERNAL_ERROR = "internal_error"  # a bug in this service; the message is kept, not lost
+    BACKEND_ERROR = "backend_error"  # the backend kept failing on this image while serving others
+
+
+class ServiceError(Exception):
+    """Root of every error the service raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigError(ServiceError):
+    """Bad configuration: fatal at start-up, and always names the variable or file at fault."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+        self.problem = problem
+
+
+class InputError(ServiceError):
+    """A permanent problem with one message: it goes to the DLQ and the consumer carries on."""
+
+    retriable = False
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class BackendError(ServiceError):
+    """The moderation backend failed for a reason that is not the image's fault.
+
+    ``throttled`` errors slow the shared rate limiter down; other retriable errors are retried
+    with backoff; non-retriable ones (credentials, permissions, missing resources) mean an
+    outage: the pipeline keeps waiting instead of dead-lettering healthy input.
+    """
+
+    def __init__(self, code: str, message: str, *, retriable: bool, throttled: bool = False) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.retriable = retriable
+        self.throttled = throttled
+
+
+class PublishError(ServiceError):
+    """An output record was not acknowledged: its offset is not committed, so it is redelivered."""
+
+    retriable = True

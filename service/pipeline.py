@@ -1,0 +1,210 @@
+"""One input record, end to end: parse, load the image, moderate, route, publish one output.
+
+``handle`` never raises for a bad message: every input error ends in the DLQ with its reason.
+Backend trouble never dead-letters healthy input either: throttling slows the shared limiter and
+retries; an outage opens the circuit breaker and the call waits (which, with the in-flight cap,
+pauses intake). Only a message the backend keeps failing on while it serves others gives up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from service.backends.base import ModerationBackend, ModerationResult
+from service.errors import BackendError, InputError, Reason
+from service.fetch import ImageFetcher
+from service.messages import (
+    BytesImage,
+    Headers,
+    ModerationRequest,
+    S3Image,
+    Source,
+    UrlImage,
+    dlq_record,
+    output_headers,
+    parse_request,
+    utc_now,
+    verdict_record,
+)
+from service.policy import RoutingPolicy
+from service.ratelimit import AdaptiveRateLimiter
+from service.retry import CircuitBreaker, full_jitter
+from service.routing import decide
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+URL_FETCH_ATTEMPTS = 3
+
+
+class Sink(Protocol):
+    async def publish(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class InputRecord:
+    """The parts of a consumed Kafka record the pipeline needs (decoupled from aiokafka)."""
+
+    source: Source
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+
+class GaveUp(Exception):
+    """The backend kept failing on this one image while serving others."""
+
+    def __init__(self, code: str, attempts: int) -> None:
+        super().__init__(code)
+        self.code = code
+        self.attempts = attempts
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        backend: ModerationBackend,
+        fetcher: ImageFetcher,
+        limiter: AdaptiveRateLimiter,
+        breaker: CircuitBreaker,
+        policy: RoutingPolicy,
+        sink: Sink,
+    ) -> None:
+        self._settings = settings
+        self._backend = backend
+        self._fetcher = fetcher
+        self._limiter = limiter
+        self._breaker = breaker
+        self._policy = policy
+        self._sink = sink
+        self._topics = {
+            "approved": settings.kafka.approved_topic,
+            "rejected": settings.kafka.rejected_topic,
+            "review": settings.kafka.review_topic,
+        }
+
+    async def handle(self, record: InputRecord) -> str:
+        """Process one record and publish its single outcome; returns the output's kind."""
+        received_at = utc_now()
+        request: ModerationRequest | None = None
+        attempts = 0
+        try:
+            request = parse_request(
+                record.value,
+                max_record_bytes=self._settings.kafka.max_input_bytes,
+                max_image_bytes=self._settings.fetch.max_bytes,
+            )
+            image, attempts = await self._load_image(request)
+            result, attempts = await self._moderate(image, request)
+        except InputError as exc:
+            await self.dead_letter(record, request, exc.reason, exc.message, max(attempts, 1))
+            return exc.reason.value
+        except GaveUp as exc:
+            message = f"backend kept failing with {exc.code} while serving other requests"
+            await self.dead_letter(record, request, Reason.BACKEND_ERROR, message, exc.attempts)
+            return Reason.BACKEND_ERROR.value
+
+        decision = decide(result.labels, self._policy)
+        value = verdict_record(
+            request,
+            verdict=decision.verdict,
+            decided_by="model",
+            labels=result.labels,
+            model_version=result.model_version,
+            reasons=decision.reasons,
+            source=record.source,
+            received_at=received_at,
+        )
+        headers = output_headers(
+            record.headers, verdict=decision.verdict, decided_by="model", id=request.id
+        )
+        await self._sink.publish(
+            self._topics[decision.verdict], request.id.encode(), value, headers
+        )
+        return decision.verdict
+
+    async def _load_image(self, request: ModerationRequest) -> tuple[S3Image | bytes, int]:
+        image = request.image
+        if isinstance(image, S3Image):
+            return image, 0
+        if isinstance(image, BytesImage):
+            return image.data, 0
+        assert isinstance(image, UrlImage)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._fetcher.fetch(image.url), attempt
+            except InputError as exc:
+                # Only a failure to reach the host may be passing; everything else is final.
+                if exc.reason is not Reason.UNREACHABLE_URL or attempt >= URL_FETCH_ATTEMPTS:
+                    raise InputError(exc.reason, f"{exc.message} (after {attempt} attempts)") from exc
+                await asyncio.sleep(full_jitter(attempt, base=0.5, cap=5.0))
+
+    async def _moderate(
+        self, image: S3Image | bytes, request: ModerationRequest
+    ) -> tuple[ModerationResult, int]:
+        min_confidence = request.min_confidence
+        if min_confidence is None:
+            min_confidence = self._settings.backend.default_min_confidence
+        attempt = 0
+        server_errors = 0
+        successes_at_first_error: int | None = None
+        while True:
+            await self._breaker.admit()
+            await self._limiter.acquire()
+            attempt += 1
+            try:
+                result = await self._backend.moderate(image, min_confidence)
+            except BackendError as exc:
+                if exc.throttled:
+                    self._limiter.on_throttled()
+                    await asyncio.sleep(full_jitter(attempt, base=0.05, cap=2.0))
+                    continue
+                self._breaker.record_failure()
+                if successes_at_first_error is None:
+                    successes_at_first_error = self._breaker.successes
+                if exc.retriable:
+                    server_errors += 1
+                    serving_others = self._breaker.successes > successes_at_first_error
+                    if server_errors >= self._settings.backend.max_attempts and serving_others:
+                        raise GaveUp(exc.code, attempt) from exc
+                else:
+                    log.error("backend unavailable (%s); waiting, not dead-lettering", exc)
+                await asyncio.sleep(full_jitter(attempt, base=0.1, cap=20.0))
+                continue
+            self._breaker.record_success()
+            return result, attempt
+
+    async def dead_letter(
+        self,
+        record: InputRecord,
+        request: ModerationRequest | None,
+        reason: str,
+        message: str,
+        attempts: int,
+    ) -> None:
+        request_id = request.id if request is not None else None
+        log.info(
+            "dead-lettering %s offset %d: %s (%s)",
+            request_id or "<unparsed>",
+            record.source.offset,
+            reason,
+            message,
+        )
+        value = dlq_record(
+            key=record.key,
+            value=record.value,
+            source=record.source,
+            reason=reason,
+            message=message,
+            attempts=attempts,
+            request_id=request_id,
+        )
+        headers = output_headers(record.headers, error_reason=reason)
+        await self._sink.publish(self._settings.kafka.dlq_topic, record.key, value, headers)

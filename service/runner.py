@@ -1,0 +1,272 @@
+"""Owns the consumer, the producer, the clients and every per-message task, and shuts them down
+in order.
+
+Intake is bounded: at most ``max_in_flight`` records are being processed at once; when full, the
+assigned partitions are paused but the consumer keeps polling, so heartbeats and the poll interval
+never lapse however long the backend stalls. Offsets are committed per partition up to the
+contiguous prefix whose outputs the broker acknowledged.
+
+Shutdown order: stop intake, drain in-flight work until the grace deadline, cancel the rest
+(uncommitted, so redelivered), commit, leave the group, flush the producer, close the clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.structs import ConsumerRecord
+
+from service.backends.base import ModerationBackend
+from service.backends.rekognition import RekognitionBackend
+from service.embedded import EmbeddedBroker
+from service.errors import Reason
+from service.fetch import FetchPolicy, ImageFetcher
+from service.messages import Source
+from service.offsets import OffsetTracker, Ticket
+from service.pipeline import InputRecord, Pipeline
+from service.policy import RoutingPolicy
+from service.publisher import Publisher
+from service.ratelimit import AdaptiveRateLimiter
+from service.retry import CircuitBreaker
+from service.settings import KafkaSettings, Settings
+
+log = logging.getLogger(__name__)
+
+COMMIT_INTERVAL_S = 1.0
+POLL_TIMEOUT_MS = 100
+REVOKE_DRAIN_S = 10.0
+
+
+def kafka_client_options(kafka: KafkaSettings, bootstrap: str) -> dict[str, object]:
+    options: dict[str, object] = {
+        "bootstrap_servers": bootstrap,
+        "security_protocol": kafka.security_protocol,
+    }
+    if kafka.sasl_mechanism is not None:
+        options |= {
+            "sasl_mechanism": kafka.sasl_mechanism,
+            "sasl_plain_username": kafka.sasl_username,
+            "sasl_plain_password": kafka.sasl_password,
+        }
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        options["ssl_context"] = create_ssl_context()
+    return options
+
+
+async def ensure_topics(kafka: KafkaSettings, bootstrap: str, partitions: int) -> None:
+    """Create the service's topics when missing (embedded runs; real clusters manage their own)."""
+    admin = AIOKafkaAdminClient(**kafka_client_options(kafka, bootstrap))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        names = [
+            kafka.input_topic,
+            kafka.approved_topic,
+            kafka.rejected_topic,
+            kafka.review_topic,
+            kafka.dlq_topic,
+        ]
+        missing = [NewTopic(name, partitions, 1) for name in names if name not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+    finally:
+        await admin.close()
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._runner.release(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+
+
+class Runner:
+    def __init__(
+        self,
+        settings: Settings,
+        policy: RoutingPolicy,
+        *,
+        backend: ModerationBackend | None = None,
+        create_topics_partitions: int | None = None,
+    ) -> None:
+        self._settings = settings
+        self._policy = policy
+        self._backend: ModerationBackend = backend or RekognitionBackend(settings.backend)
+        self._create_partitions = create_topics_partitions
+        self._tracker = OffsetTracker()
+        self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
+        self._slot_freed = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._last_commit = 0.0
+        self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        settings = self._settings
+        kafka = settings.kafka
+        async with contextlib.AsyncExitStack() as stack:
+            bootstrap = kafka.bootstrap_servers
+            partitions = self._create_partitions
+            if bootstrap is None:
+                broker = EmbeddedBroker()
+                await broker.start()
+                stack.push_async_callback(broker.stop)
+                bootstrap = broker.bootstrap_servers
+                partitions = partitions or 4
+            if partitions:
+                await ensure_topics(kafka, bootstrap, partitions)
+
+            # Closed last: the backend and fetcher may still serve draining tasks.
+            await self._backend.start()
+            stack.push_async_callback(self._backend.close)
+            fetcher = ImageFetcher(
+                FetchPolicy(
+                    max_bytes=settings.fetch.max_bytes,
+                    timeout_s=settings.fetch.timeout_s,
+                    allowed_networks=settings.fetch.allowed_networks,
+                )
+            )
+            await fetcher.start()
+            stack.push_async_callback(fetcher.close)
+
+            producer = AIOKafkaProducer(
+                **kafka_client_options(kafka, bootstrap),
+                acks="all",
+                enable_idempotence=kafka.enable_idempotence,
+                linger_ms=5,
+                max_request_size=2 * kafka.max_input_bytes + 64 * 1024,
+            )
+            await producer.start()
+            stack.push_async_callback(producer.stop)  # flushes what is still buffered
+
+            pipeline = Pipeline(
+                settings,
+                backend=self._backend,
+                fetcher=fetcher,
+                limiter=AdaptiveRateLimiter(settings.backend.tps, settings.backend.tps_burst),
+                breaker=CircuitBreaker(),
+                policy=self._policy,
+                sink=Publisher(producer),
+            )
+            consumer = AIOKafkaConsumer(
+                **kafka_client_options(kafka, bootstrap),
+                group_id=kafka.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=kafka.session_timeout_ms,
+                heartbeat_interval_ms=max(1000, kafka.session_timeout_ms // 3),
+                max_poll_records=settings.backend.max_in_flight,
+            )
+            self._consumer = consumer
+            consumer.subscribe([kafka.input_topic], listener=_Rebalance(self))
+            await consumer.start()
+            stack.push_async_callback(consumer.stop)  # leaves the group; we commit ourselves
+            log.info(
+                "consuming %s as group %s from %s", kafka.input_topic, kafka.group_id, bootstrap
+            )
+            self.ready.set()
+            try:
+                await self._intake(consumer, pipeline, stop)
+            finally:
+                await self._drain(settings.shutdown_grace_s)
+                await self._commit(force=True)
+
+    async def _intake(
+        self, consumer: AIOKafkaConsumer, pipeline: Pipeline, stop: asyncio.Event
+    ) -> None:
+        max_in_flight = self._settings.backend.max_in_flight
+        while not stop.is_set():
+            capacity = max_in_flight - len(self._tasks)
+            if capacity <= 0:
+                # Full: stop fetching but keep polling so the group does not evict us.
+                consumer.pause(*consumer.assignment())
+                self._slot_freed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot_freed.wait(), timeout=0.2)
+                await consumer.getmany(timeout_ms=0)
+            else:
+                paused = consumer.paused()
+                if paused:
+                    consumer.resume(*paused)
+                batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=capacity)
+                for tp, records in batches.items():
+                    for record in records:
+                        self._start(pipeline, tp, record)
+            await self._commit()
+
+    def _start(self, pipeline: Pipeline, tp: TopicPartition, record: ConsumerRecord) -> None:
+        ticket = self._tracker.track(tp, record.offset)
+        item = InputRecord(
+            source=Source(record.topic, record.partition, record.offset, record.timestamp),
+            key=record.key,
+            value=record.value,
+            headers=list(record.headers or ()),
+        )
+        task = asyncio.create_task(self._process(pipeline, item, ticket))
+        self._tasks[task] = tp
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("message task failed", exc_info=task.exception())
+
+    async def _process(self, pipeline: Pipeline, item: InputRecord, ticket: Ticket) -> None:
+        try:
+            await pipeline.handle(item)
+        except Exception as exc:  # a bug must not stall the partition: dead-letter the message
+            log.exception("unexpected error on offset %d", item.source.offset)
+            await pipeline.dead_letter(item, None, Reason.INTERNAL_ERROR, repr(exc), 1)
+        self._tracker.finish(ticket)
+
+    async def release(self, revoked: set[TopicPartition]) -> None:
+        """Called on rebalance: finish what we can, commit it, and give the rest up uncommitted."""
+        tasks = [task for task, tp in self._tasks.items() if tp in revoked]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=REVOKE_DRAIN_S)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self._commit(force=True)
+        self._tracker.revoke(revoked)
+
+    async def _drain(self, grace_s: float) -> None:
+        tasks = list(self._tasks)
+        if not tasks:
+            return
+        log.info("draining %d in-flight messages (grace %.1fs)", len(tasks), grace_s)
+        _, pending = await asyncio.wait(tasks, timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if pending:
+            log.warning("%d messages unfinished at the deadline; they will be redelivered", len(pending))
+
+    async def _commit(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._consumer is None or (not force and now - self._last_commit < COMMIT_INTERVAL_S):
+            return
+        self._last_commit = now
+        points = self._tracker.commit_points()
+        if not points:
+            return
+        try:
+            await self._consumer.commit(points)
+        except (CommitFailedError, KafkaError) as exc:
+            log.warning("commit failed (%r); those records will be redelivered", exc)
+            return
+        self._tracker.mark_committed(points)

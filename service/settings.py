@@ -1,0 +1,259 @@
+"""Configuration from environment variables, validated once at start-up.
+
+Every problem raises :class:`ConfigError` naming the variable, so a bad deployment fails fast with
+a message an operator can act on. Secrets are kept out of ``repr`` so settings can be logged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from service.errors import ConfigError
+
+T = TypeVar("T")
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap_servers: str | None  # None: start the embedded broker
+    group_id: str
+    input_topic: str
+    approved_topic: str
+    rejected_topic: str
+    review_topic: str
+    dlq_topic: str
+    enable_idempotence: bool
+    security_protocol: SecurityProtocol
+    sasl_mechanism: SaslMechanism | None
+    sasl_username: str | None
+    sasl_password: str | None = field(repr=False)
+    session_timeout_ms: int
+    max_input_bytes: int
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    kind: Literal["rekognition"]
+    region: str | None
+    endpoint_url: str | None
+    tps: float
+    tps_burst: float
+    max_in_flight: int
+    max_attempts: int
+    call_timeout_s: float
+    default_min_confidence: float
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    timeout_s: float
+    max_bytes: int
+    allowed_networks: tuple[IpNetwork, ...]
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka: KafkaSettings
+    backend: BackendSettings
+    fetch: FetchSettings
+    policy_file: Path | None
+    reject_threshold: float
+    review_threshold: float
+    shutdown_grace_s: float
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        return _Reader(env).settings()
+
+
+MIB = 1024 * 1024
+
+
+class _Reader:
+    """Reads typed values out of an environment mapping; each error names its variable."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def raw(self, name: str) -> str | None:
+        value = self._env.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def text(self, name: str, default: str) -> str:
+        return self.raw(name) or default
+
+    def parsed(self, name: str, default: T, parse: Callable[[str], T], expected: str) -> T:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            return parse(value)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(name, f"expected {expected}, got {value!r}") from exc
+
+    def number(
+        self, name: str, default: float, *, low: float, high: float = math.inf
+    ) -> float:
+        value = self.parsed(name, default, float, "a number")
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ConfigError(name, f"must be between {low} and {high}, got {value}")
+        return value
+
+    def integer(self, name: str, default: int, *, low: int, high: int = 2**31) -> int:
+        value = self.parsed(name, default, int, "an integer")
+        if not low <= value <= high:
+            raise ConfigError(name, f"must be between {low} and {high}, got {value}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        lowered = value.lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(name, f"expected true or false, got {value!r}")
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.text(name, default)
+        if value not in choices:
+            raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def topic(self, name: str, default: str) -> str:
+        value = self.text(name, default)
+        if len(value) > 249 or not all(c.isalnum() or c in "._-" for c in value):
+            raise ConfigError(name, f"not a valid Kafka topic name: {value!r}")
+        return value
+
+    def networks(self, name: str) -> tuple[IpNetwork, ...]:
+        value = self.raw(name)
+        if value is None:
+            return ()
+        try:
+            return tuple(
+                ipaddress.ip_network(part.strip(), strict=False)
+                for part in value.split(",")
+                if part.strip()
+            )
+        except ValueError as exc:
+            raise ConfigError(name, f"expected comma-separated CIDR networks: {exc}") from exc
+
+    def settings(self) -> Settings:
+        kafka = self.kafka()
+        backend = self.backend()
+        fetch = FetchSettings(
+            timeout_s=self.number("MODERATION_FETCH_TIMEOUT_S", 10.0, low=0.1, high=300),
+            max_bytes=self.integer("MODERATION_FETCH_MAX_BYTES", 5 * MIB, low=1024, high=5 * MIB),
+            allowed_networks=self.networks("MODERATION_FETCH_ALLOWED_NETWORKS"),
+        )
+        reject = self.number("MODERATION_REJECT_THRESHOLD", 80.0, low=0, high=100)
+        review = self.number("MODERATION_REVIEW_THRESHOLD", 50.0, low=0, high=100)
+        if review > reject:
+            raise ConfigError(
+                "MODERATION_REVIEW_THRESHOLD",
+                f"must not exceed MODERATION_REJECT_THRESHOLD ({review} > {reject})",
+            )
+        policy = self.raw("MODERATION_POLICY_FILE")
+        policy_file = Path(policy) if policy else None
+        if policy_file is not None and not policy_file.is_file():
+            raise ConfigError("MODERATION_POLICY_FILE", f"no such file: {policy_file}")
+        return Settings(
+            kafka=kafka,
+            backend=backend,
+            fetch=fetch,
+            policy_file=policy_file,
+            reject_threshold=reject,
+            review_threshold=review,
+            shutdown_grace_s=self.number("MODERATION_SHUTDOWN_GRACE_S", 25.0, low=0, high=3600),
+            log_level=self.choice(
+                "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+            ),
+        )
+
+    def kafka(self) -> KafkaSettings:
+        bootstrap = self.raw("KAFKA_BOOTSTRAP_SERVERS")
+        protocol = self.choice(
+            "KAFKA_SECURITY_PROTOCOL",
+            "PLAINTEXT",
+            ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+        )
+        mechanism = self.raw("KAFKA_SASL_MECHANISM")
+        if mechanism is not None and mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            raise ConfigError(
+                "KAFKA_SASL_MECHANISM", "must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+            )
+        if protocol.startswith("SASL") and mechanism is None:
+            raise ConfigError("KAFKA_SASL_MECHANISM", f"required with {protocol}")
+        topics = {
+            "MODERATION_INPUT_TOPIC": self.topic("MODERATION_INPUT_TOPIC", "moderation.requests"),
+            "MODERATION_APPROVED_TOPIC": self.topic(
+                "MODERATION_APPROVED_TOPIC", "moderation.approved"
+            ),
+            "MODERATION_REJECTED_TOPIC": self.topic(
+                "MODERATION_REJECTED_TOPIC", "moderation.rejected"
+            ),
+            "MODERATION_REVIEW_TOPIC": self.topic("MODERATION_REVIEW_TOPIC", "moderation.review"),
+            "MODERATION_DLQ_TOPIC": self.topic("MODERATION_DLQ_TOPIC", "moderation.dlq"),
+        }
+        seen: dict[str, str] = {}
+        for variable, topic in topics.items():
+            if topic in seen:
+                raise ConfigError(variable, f"topic {topic!r} is already used by {seen[topic]}")
+            seen[topic] = variable
+        return KafkaSettings(
+            bootstrap_servers=bootstrap,
+            group_id=self.text("MODERATION_GROUP_ID", "image-moderation"),
+            input_topic=topics["MODERATION_INPUT_TOPIC"],
+            approved_topic=topics["MODERATION_APPROVED_TOPIC"],
+            rejected_topic=topics["MODERATION_REJECTED_TOPIC"],
+            review_topic=topics["MODERATION_REVIEW_TOPIC"],
+            dlq_topic=topics["MODERATION_DLQ_TOPIC"],
+            # The embedded broker (Tansu) refuses InitProducerId v0, so idempotence is off there.
+            enable_idempotence=self.boolean("KAFKA_ENABLE_IDEMPOTENCE", bootstrap is not None),
+            security_protocol=protocol,  # type: ignore[arg-type]  # checked by choice()
+            sasl_mechanism=mechanism,  # type: ignore[arg-type]  # checked above
+            sasl_username=self.raw("KAFKA_SASL_USERNAME"),
+            sasl_password=self.raw("KAFKA_SASL_PASSWORD"),
+            session_timeout_ms=self.integer(
+                "KAFKA_SESSION_TIMEOUT_MS", 10_000, low=1_000, high=300_000
+            ),
+            max_input_bytes=self.integer(
+                "MODERATION_MAX_INPUT_BYTES", 8 * MIB, low=1024, high=64 * MIB
+            ),
+        )
+
+    def backend(self) -> BackendSettings:
+        tps = self.number("MODERATION_TPS", 5.0, low=0.1, high=100_000)
+        burst = self.number("MODERATION_TPS_BURST", max(1.0, tps), low=1, high=1_000_000)
+        region = self.raw("AWS_REGION") or self.raw("AWS_DEFAULT_REGION")
+        endpoint = self.raw("REKOGNITION_ENDPOINT_URL")
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise ConfigError("REKOGNITION_ENDPOINT_URL", f"expected an http(s) URL: {endpoint!r}")
+        if region is None:
+            raise ConfigError("AWS_REGION", "required for the Rekognition backend (e.g. us-east-1)")
+        return BackendSettings(
+            kind=self.choice("MODERATION_BACKEND", "rekognition", ("rekognition",)),  # type: ignore[arg-type]
+            region=region,
+            endpoint_url=endpoint,
+            tps=tps,
+            tps_burst=burst,
+            max_in_flight=self.integer("MODERATION_MAX_IN_FLIGHT", 64, low=1, high=10_000),
+            max_attempts=self.integer("MODERATION_MAX_ATTEMPTS", 5, low=1, high=100),
+            call_timeout_s=self.number("MODERATION_CALL_TIMEOUT_S", 30.0, low=0.1, high=600),
+            default_min_confidence=self.number("MODERATION_MIN_CONFIDENCE", 50.0, low=0, high=100),
+        )
