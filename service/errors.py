@@ -69,7 +69,9 @@ class BackendError(ServiceError):
     outage: the pipeline keeps waiting instead of dead-lettering healthy input.
     """
 
-    def __init__(self, code: str, message: str, *, retriable: bool, throttled: bool = False) -> None:
+    def __init__(
+        self, code: str, message: str, *, retriable: bool, throttled: bool = False
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.retriable = retriable

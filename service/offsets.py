@@ -77,9 +77,7 @@ class OffsetTracker:
                 progress.committed = offset
 
     def in_flight(self, tps: set[TopicPartition] | None = None) -> int:
-        return sum(
-            p.in_flight for tp, p in self._partitions.items() if tps is None or tp in tps
-        )
+        return sum(p.in_flight for tp, p in self._partitions.items() if tps is None or tp in tps)
 
     def revoke(self, tps: set[TopicPartition]) -> None:
         for tp in tps:

@@ -41,7 +41,9 @@ URL_FETCH_ATTEMPTS = 3
 
 
 class Sink(Protocol):
-    async def publish(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None: ...
+    async def publish(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +145,9 @@ class Pipeline:
             except InputError as exc:
                 # Only a failure to reach the host may be passing; everything else is final.
                 if exc.reason is not Reason.UNREACHABLE_URL or attempt >= URL_FETCH_ATTEMPTS:
-                    raise InputError(exc.reason, f"{exc.message} (after {attempt} attempts)") from exc
+                    raise InputError(
+                        exc.reason, f"{exc.message} (after {attempt} attempts)"
+                    ) from exc
                 await asyncio.sleep(full_jitter(attempt, base=0.5, cap=5.0))
 
     async def _moderate(

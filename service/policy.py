@@ -54,11 +54,15 @@ def _thresholds(spec: Any, where: str, source: str, fallback: Thresholds) -> Thr
     unknown = set(spec) - {"reject", "review"}
     if unknown:
         raise ConfigError(source, f"{where} has unknown keys: {', '.join(sorted(unknown))}")
-    reject = _threshold(spec["reject"], f"{where}.reject", source) if "reject" in spec else (
-        fallback.reject
+    reject = (
+        _threshold(spec["reject"], f"{where}.reject", source)
+        if "reject" in spec
+        else (fallback.reject)
     )
-    review = _threshold(spec["review"], f"{where}.review", source) if "review" in spec else (
-        fallback.review
+    review = (
+        _threshold(spec["review"], f"{where}.review", source)
+        if "review" in spec
+        else (fallback.review)
     )
     if reject is not None and review is not None and review > reject:
         raise ConfigError(source, f"{where}: review ({review}) must not exceed reject ({reject})")
@@ -98,9 +102,7 @@ def load_policy(path: Path | None, default: Thresholds) -> RoutingPolicy:
     except OSError as exc:
         raise ConfigError(source, f"cannot read: {exc}") from exc
     try:
-        document = (
-            orjson.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-        )
+        document = orjson.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(source, f"not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
     return policy_from_mapping(document, default, source)

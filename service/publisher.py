@@ -30,10 +30,10 @@ class Publisher:
             try:
                 await self._producer.send_and_wait(topic, value=value, key=key, headers=headers)
             except KafkaError as exc:
-                if not exc.retriable and attempt > 3:
-                    log.error("publish to %s keeps failing (%s); still retrying", topic, exc)
                 delay = full_jitter(attempt, base=0.2, cap=10.0)
-                log.warning("publish to %s failed (%r); retry %d in %.2fs", topic, exc, attempt, delay)
+                log.warning(
+                    "publish to %s failed (%r); retry %d in %.2fs", topic, exc, attempt, delay
+                )
                 await asyncio.sleep(delay)
             else:
                 return

@@ -12,7 +12,9 @@ import time
 from collections.abc import Callable
 
 
-def full_jitter(attempt: int, *, base: float = 0.1, cap: float = 20.0, rng: random.Random | None = None) -> float:
+def full_jitter(
+    attempt: int, *, base: float = 0.1, cap: float = 20.0, rng: random.Random | None = None
+) -> float:
     """Seconds to wait before retry number ``attempt`` (1-based)."""
     ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
     return (rng or random).uniform(0, ceiling)

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
 
 from service.backends.base import ModerationBackend
@@ -56,8 +57,6 @@ def kafka_client_options(kafka: KafkaSettings, bootstrap: str) -> dict[str, obje
             "sasl_plain_password": kafka.sasl_password,
         }
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        from aiokafka.helpers import create_ssl_context
-
         options["ssl_context"] = create_ssl_context()
     return options
 
@@ -254,7 +253,9 @@ class Runner:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         if pending:
-            log.warning("%d messages unfinished at the deadline; they will be redelivered", len(pending))
+            log.warning(
+                "%d messages unfinished at the deadline; they will be redelivered", len(pending)
+            )
 
     async def _commit(self, *, force: bool = False) -> None:
         now = time.monotonic()

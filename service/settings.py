@@ -103,9 +103,7 @@ class _Reader:
         except (ValueError, TypeError) as exc:
             raise ConfigError(name, f"expected {expected}, got {value!r}") from exc
 
-    def number(
-        self, name: str, default: float, *, low: float, high: float = math.inf
-    ) -> float:
+    def number(self, name: str, default: float, *, low: float, high: float = math.inf) -> float:
         value = self.parsed(name, default, float, "a number")
         if not math.isfinite(value) or not low <= value <= high:
             raise ConfigError(name, f"must be between {low} and {high}, got {value}")

@@ -1,0 +1,58 @@
+"""Shared fixtures: a real Kafka-protocol broker over TCP, unique topics, the fake Rekognition.
+
+The broker is, in order of preference: ``KAFKA_BOOTSTRAP_SERVERS`` (any existing cluster), Apache
+Kafka in Docker when ``MODERATION_TEST_BROKER=docker`` (testcontainers), else the embedded Tansu.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from service.embedded import EmbeddedBroker
+from tests.fakes.rekognition import FakeRekognition
+from tests.kafka_helpers import Topics
+
+
+@pytest.fixture(scope="session")
+async def kafka_bootstrap() -> AsyncIterator[str]:
+    existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if existing:
+        yield existing
+        return
+    if os.environ.get("MODERATION_TEST_BROKER") == "docker":
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    broker = EmbeddedBroker()
+    await broker.start()
+    try:
+        yield broker.bootstrap_servers
+    finally:
+        await broker.stop()
+
+
+@pytest.fixture
+def topics() -> Topics:
+    return Topics.unique(uuid.uuid4().hex[:10])
+
+
+@pytest.fixture
+async def fake_rekognition() -> AsyncIterator[FakeRekognition]:
+    fake = FakeRekognition()
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+# The SDK needs credentials to sign requests, even to the local fake; never real ones here.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")

@@ -1,0 +1,29 @@
+"""Tiny valid-looking images for tests: real PNG/JPEG magic, labels scripted for the fake."""
+
+from __future__ import annotations
+
+import base64
+
+import orjson
+
+PNG_HEADER = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"\x00" * 17
+JPEG_HEADER = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"
+
+
+def label(name: str, confidence: float, parent: str = "", level: int = 1) -> dict[str, object]:
+    return {"Name": name, "ParentName": parent, "Confidence": confidence, "TaxonomyLevel": level}
+
+
+def png(*labels: dict[str, object], salt: str = "") -> bytes:
+    """A PNG-magic blob whose labels the fake Rekognition reads from the FAKE-LABELS marker."""
+    return PNG_HEADER + salt.encode() + b"FAKE-LABELS:" + orjson.dumps(list(labels))
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+EXPLICIT = label("Explicit", 97.0)
+EXPLICIT_NUDITY = label("Explicit Nudity", 96.0, "Explicit", 2)
+BORDERLINE = label("Swimwear or Underwear", 65.0)
+MILD = label("Alcohol", 20.0)

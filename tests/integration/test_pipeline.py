@@ -1,0 +1,299 @@
+"""The pipeline in-process against a real broker over TCP and the real SDK against the fake."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+import jsonschema
+import orjson
+import pytest
+from aiohttp import web
+
+from service.policy import Thresholds, load_policy
+from service.runner import Runner
+from service.settings import Settings
+from tests.fakes.rekognition import FakeRekognition
+from tests.images import BORDERLINE, EXPLICIT, EXPLICIT_NUDITY, MILD, b64, png
+from tests.kafka_helpers import (
+    Topics,
+    by_topic,
+    collect,
+    committed,
+    create_topics,
+    produce,
+    request,
+)
+
+pytestmark = pytest.mark.kafka
+
+PARTITIONS = 3
+SCHEMAS = Path(__file__).parents[2] / "schemas"
+
+
+def schema(name: str) -> dict:
+    return orjson.loads((SCHEMAS / f"{name}.schema.json").read_bytes())
+
+
+def make_settings(
+    bootstrap: str, topics: Topics, fake: FakeRekognition, **overrides: str
+) -> Settings:
+    env: dict[str, str] = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_ENABLE_IDEMPOTENCE": "false",
+        "KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "AWS_REGION": "us-east-1",
+        "REKOGNITION_ENDPOINT_URL": fake.endpoint_url,
+        "MODERATION_TPS": "200",
+        "MODERATION_MAX_IN_FLIGHT": "32",
+        "MODERATION_FETCH_ALLOWED_NETWORKS": "127.0.0.1/32",
+        "MODERATION_FETCH_TIMEOUT_S": "2",
+        "MODERATION_SHUTDOWN_GRACE_S": "5",
+        **topics.env(),
+    }
+    env.update(overrides)
+    return Settings.from_env(env)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Runner]:
+    runner = Runner(
+        settings,
+        load_policy(
+            settings.policy_file, Thresholds(settings.reject_threshold, settings.review_threshold)
+        ),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        await asyncio.wait_for(runner.ready.wait(), 30)
+        yield runner
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+@contextlib.asynccontextmanager
+async def image_server(routes: Mapping[str, bytes]) -> AsyncIterator[str]:
+    """A local origin for URL references (loopback is allow-listed in these settings)."""
+
+    async def serve(req: web.Request) -> web.Response:
+        body = routes.get(req.path)
+        if body is None:
+            return web.Response(status=404)
+        return web.Response(body=body, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def outcomes(records: list) -> dict[str, list[tuple[str, dict]]]:
+    """id -> every (topic kind, value) it was published under."""
+    seen: dict[str, list[tuple[str, dict]]] = {}
+    for record in records:
+        value = orjson.loads(record.value)
+        seen.setdefault(value["id"], []).append((record.topic, value))
+    return seen
+
+
+async def test_every_kind_of_input_ends_in_exactly_one_topic(
+    kafka_bootstrap: str, topics: Topics, fake_rekognition: FakeRekognition
+) -> None:
+    fake_rekognition.set_object("bucket", "clean.jpg", labels=[])
+    fake_rekognition.set_object("bucket", "explicit.jpg", labels=[EXPLICIT, EXPLICIT_NUDITY])
+    fake_rekognition.set_object("bucket", "swimwear.png", labels=[BORDERLINE])
+    await create_topics(kafka_bootstrap, [topics.input, *topics.outputs.values()], PARTITIONS)
+    async with image_server({"/ok.png": png(MILD), "/page.html": b"<html></html>"}) as origin:
+        cases: dict[str, tuple[bytes, str, str | None]] = {
+            # id: (value, expected topic kind, expected DLQ reason)
+            "s3-clean": (
+                request("s3-clean", {"s3": {"bucket": "bucket", "key": "clean.jpg"}}),
+                "approved",
+                None,
+            ),
+            "s3-explicit": (
+                request("s3-explicit", {"s3": {"bucket": "bucket", "key": "explicit.jpg"}}),
+                "rejected",
+                None,
+            ),
+            "s3-swimwear": (
+                request("s3-swimwear", {"s3": {"bucket": "bucket", "key": "swimwear.png"}}),
+                "review",
+                None,
+            ),
+            "s3-missing": (
+                request("s3-missing", {"s3": {"bucket": "bucket", "key": "nope.jpg"}}),
+                "dlq",
+                "invalid_s3_object",
+            ),
+            "bytes-explicit": (
+                request("bytes-explicit", {"bytes": b64(png(EXPLICIT))}),
+                "rejected",
+                None,
+            ),
+            "bytes-text": (
+                request("bytes-text", {"bytes": b64(b"hello, not an image")}),
+                "dlq",
+                "not_an_image",
+            ),
+            "bytes-bad-b64": (request("bytes-bad-b64", {"bytes": "***"}), "dlq", "invalid_base64"),
+            "url-ok": (request("url-ok", {"url": f"{origin}/ok.png"}), "approved", None),
+            "url-html": (
+                request("url-html", {"url": f"{origin}/page.html"}),
+                "dlq",
+                "not_an_image",
+            ),
+            "url-404": (
+                request("url-404", {"url": f"{origin}/missing.png"}),
+                "dlq",
+                "url_http_error",
+            ),
+            "url-metadata": (
+                request("url-metadata", {"url": "http://169.254.169.254/latest/meta-data/"}),
+                "dlq",
+                "forbidden_url",
+            ),
+            "url-ftp": (
+                request("url-ftp", {"url": "ftp://example.com/a.png"}),
+                "dlq",
+                "invalid_url",
+            ),
+            "no-image": (orjson.dumps({"id": "no-image"}), "dlq", "missing_field"),
+            "two-images": (
+                request(
+                    "two-images", {"url": f"{origin}/ok.png", "s3": {"bucket": "b", "key": "k"}}
+                ),
+                "dlq",
+                "invalid_field",
+            ),
+        }
+        raw_bad = [
+            (b"k-json", b"{not json", "malformed_json"),
+            (b"k-noid", orjson.dumps({"image": {}}), "missing_field"),
+        ]
+        trace = [("traceparent", b"00-abc-def-01")]
+        records = [(key.encode(), value, trace) for key, (value, _, _) in cases.items()]
+        records += [(key, value, trace) for key, value, _ in raw_bad]
+        await produce(kafka_bootstrap, topics.input, records)
+
+        settings = make_settings(kafka_bootstrap, topics, fake_rekognition)
+        async with running(settings):
+            out = await collect(kafka_bootstrap, list(topics.outputs.values()), len(records))
+
+    kind_of = {topic: kind for kind, topic in topics.outputs.items()}
+    by_id: dict[str, list[tuple[str, dict]]] = {}
+    unparsed: list[dict] = []
+    for record in out:
+        value = orjson.loads(record.value)
+        assert ("traceparent", b"00-abc-def-01") in list(record.headers)
+        jsonschema.validate(value, schema("dlq" if record.topic == topics.dlq else "verdict"))
+        if value.get("id") is None:
+            unparsed.append(value)
+        else:
+            by_id.setdefault(value["id"], []).append((kind_of[record.topic], value))
+
+    for request_id, (_, kind, reason) in cases.items():
+        assert [k for k, _ in by_id.get(request_id, [])] == [kind], request_id
+        value = by_id[request_id][0][1]
+        if kind == "dlq":
+            assert value["error"]["reason"] == reason, (request_id, value["error"])
+            assert value["source"]["topic"] == topics.input
+        else:
+            assert value["verdict"] == kind
+            assert value["decided_by"] == "model"
+            assert value["reasons"], value
+    assert sorted(v["error"]["reason"] for v in unparsed) == sorted(r for _, _, r in raw_bad)
+    assert {v["original"]["value"] for v in unparsed} == {
+        b"{not json".decode(),
+        orjson.dumps({"image": {}}).decode(),
+    }
+
+    rejected = by_id["s3-explicit"][0][1]
+    assert {label["name"] for label in rejected["labels"]} == {"Explicit", "Explicit Nudity"}
+    assert rejected["model_version"] == "7.0"
+    assert rejected["reasons"][0]["rule"] == "reject_threshold"
+
+    # Every input offset is committed once the outputs were acknowledged.
+    offsets = await committed(kafka_bootstrap, topics.group, topics.input, PARTITIONS)
+    assert sum(offsets.values()) == len(records)
+
+
+async def test_throttling_slows_down_but_never_dead_letters(
+    kafka_bootstrap: str, topics: Topics, fake_rekognition: FakeRekognition
+) -> None:
+    fake_rekognition.set_quota(20, burst=2)
+    count = 60
+    await create_topics(kafka_bootstrap, [topics.input, *topics.outputs.values()], PARTITIONS)
+    await produce(
+        kafka_bootstrap,
+        topics.input,
+        [(None, request(f"m{i}", {"bytes": b64(png(salt=str(i)))}), []) for i in range(count)],
+    )
+    # Configured far above the quota: only adaptation keeps the service near it.
+    settings = make_settings(kafka_bootstrap, topics, fake_rekognition, MODERATION_TPS="200")
+    async with running(settings):
+        out = await collect(kafka_bootstrap, list(topics.outputs.values()), count, timeout_s=90)
+    grouped = by_topic(out)
+    assert topics.dlq not in grouped
+    assert len({orjson.loads(r.value)["id"] for r in grouped[topics.approved]}) == count
+    assert fake_rekognition.stats.throttled > 0  # the limit was really hit, and survived
+
+
+async def test_backend_outage_waits_instead_of_dead_lettering(
+    kafka_bootstrap: str, topics: Topics, fake_rekognition: FakeRekognition
+) -> None:
+    fake_rekognition.inject_errors("AccessDeniedException", count=25)
+    count = 10
+    await create_topics(kafka_bootstrap, [topics.input, *topics.outputs.values()], PARTITIONS)
+    await produce(
+        kafka_bootstrap,
+        topics.input,
+        [
+            (None, request(f"o{i}", {"bytes": b64(png(EXPLICIT, salt=str(i)))}), [])
+            for i in range(count)
+        ],
+    )
+    settings = make_settings(kafka_bootstrap, topics, fake_rekognition)
+    async with running(settings):
+        out = await collect(kafka_bootstrap, list(topics.outputs.values()), count, timeout_s=90)
+    grouped = by_topic(out)
+    assert topics.dlq not in grouped
+    assert len(grouped[topics.rejected]) == count
+    assert fake_rekognition.stats.errors_by_code.get("AccessDeniedException") == 25
+
+
+async def test_image_the_backend_always_fails_on_is_dead_lettered_while_others_pass(
+    kafka_bootstrap: str, topics: Topics, fake_rekognition: FakeRekognition
+) -> None:
+    fake_rekognition.set_object("bucket", "poison.png", error="InternalServerError")
+    fake_rekognition.set_object("bucket", "fine.png", labels=[])
+    await create_topics(kafka_bootstrap, [topics.input, *topics.outputs.values()], PARTITIONS)
+    poison = request("poison", {"s3": {"bucket": "bucket", "key": "poison.png"}})
+    fine = [request(f"fine{i}", {"s3": {"bucket": "bucket", "key": "fine.png"}}) for i in range(20)]
+    settings = make_settings(kafka_bootstrap, topics, fake_rekognition, MODERATION_MAX_ATTEMPTS="3")
+    async with running(settings):
+        await produce(kafka_bootstrap, topics.input, [(None, poison, [])])
+        # Only once the poison image has failed do the healthy ones arrive: the service must tell
+        # "this image" from "the backend" by seeing others succeed in the meantime.
+        for _ in range(300):
+            if fake_rekognition.stats.errors_by_code.get("InternalServerError"):
+                break
+            await asyncio.sleep(0.05)
+        await produce(kafka_bootstrap, topics.input, [(None, v, []) for v in fine])
+        out = await collect(kafka_bootstrap, list(topics.outputs.values()), 21, timeout_s=90)
+    grouped = by_topic(out)
+    dead = [orjson.loads(r.value) for r in grouped[topics.dlq]]
+    assert [(d["id"], d["error"]["reason"]) for d in dead] == [("poison", "backend_error")]
+    assert dead[0]["attempts"] >= 3
+    assert len(grouped[topics.approved]) == 20
