@@ -135,6 +135,20 @@ def parse_request(
     )
 
 
+def id_of_invalid(value: bytes | None, max_record_bytes: int) -> str | None:
+    """The request id of a record that failed validation, when it has a usable one (for the DLQ)."""
+    if value is None or len(value) > max_record_bytes:
+        return None
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    request_id = body.get("id") if isinstance(body, dict) else None
+    if isinstance(request_id, str) and 1 <= len(request_id) <= MAX_ID_LENGTH:
+        return request_id
+    return None
+
+
 def _parse_image(image: object, max_image_bytes: int) -> ImageRef:
     if not isinstance(image, dict):
         raise InputError(Reason.INVALID_FIELD, "'image' must be an object")

@@ -24,6 +24,7 @@ from service.messages import (
     Source,
     UrlImage,
     dlq_record,
+    id_of_invalid,
     output_headers,
     parse_request,
     utc_now,
@@ -193,7 +194,10 @@ class Pipeline:
         message: str,
         attempts: int,
     ) -> None:
-        request_id = request.id if request is not None else None
+        if request is not None:
+            request_id: str | None = request.id
+        else:
+            request_id = id_of_invalid(record.value, self._settings.kafka.max_input_bytes)
         log.info(
             "dead-lettering %s offset %d: %s (%s)",
             request_id or "<unparsed>",

@@ -27,3 +27,25 @@ EXPLICIT = label("Explicit", 97.0)
 EXPLICIT_NUDITY = label("Explicit Nudity", 96.0, "Explicit", 2)
 BORDERLINE = label("Swimwear or Underwear", 65.0)
 MILD = label("Alcohol", 20.0)
+
+
+def solid_png(
+    width: int = 128, height: int = 128, rgb: tuple[int, int, int] = (200, 30, 30)
+) -> bytes:
+    """A real, decodable PNG (Rekognition wants each side >= 80 px), built without Pillow."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    row = b"\x00" + bytes(rgb) * width
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )

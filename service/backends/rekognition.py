@@ -14,7 +14,7 @@ from typing import Any
 
 import aioboto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from service.backends.base import ModerationResult
 from service.errors import BackendError, InputError, Reason
@@ -97,6 +97,11 @@ class RekognitionBackend:
             )
         except ClientError as exc:
             raise translate_client_error(exc) from exc
+        except ParamValidationError as exc:
+            # The SDK refused the request before sending it (e.g. a bucket name too short).
+            raise InputError(
+                Reason.INVALID_PARAMETER, f"request refused by the SDK: {exc}"
+            ) from exc
         except BotoCoreError as exc:
             # Connection failures, timeouts, credential problems: the backend, not the image.
             raise BackendError(type(exc).__name__, str(exc), retriable=True) from exc

@@ -110,6 +110,13 @@ def outcomes(records: list) -> dict[str, list[tuple[str, dict]]]:
 async def test_every_kind_of_input_ends_in_exactly_one_topic(
     kafka_bootstrap: str, topics: Topics, fake_rekognition: FakeRekognition
 ) -> None:
+    await check_every_kind_of_input(kafka_bootstrap, topics, fake_rekognition)
+
+
+async def check_every_kind_of_input(
+    kafka_bootstrap: str, topics: Topics, fake_rekognition: FakeRekognition, **overrides: str
+) -> None:
+    """Shared with the Apache Kafka run (tests/integration/test_apache_kafka.py)."""
     fake_rekognition.set_object("bucket", "clean.jpg", labels=[])
     fake_rekognition.set_object("bucket", "explicit.jpg", labels=[EXPLICIT, EXPLICIT_NUDITY])
     fake_rekognition.set_object("bucket", "swimwear.png", labels=[BORDERLINE])
@@ -187,7 +194,7 @@ async def test_every_kind_of_input_ends_in_exactly_one_topic(
         records += [(key, value, trace) for key, value, _ in raw_bad]
         await produce(kafka_bootstrap, topics.input, records)
 
-        settings = make_settings(kafka_bootstrap, topics, fake_rekognition)
+        settings = make_settings(kafka_bootstrap, topics, fake_rekognition, **overrides)
         async with running(settings):
             out = await collect(kafka_bootstrap, list(topics.outputs.values()), len(records))
 
@@ -253,7 +260,7 @@ async def test_throttling_slows_down_but_never_dead_letters(
 async def test_backend_outage_waits_instead_of_dead_lettering(
     kafka_bootstrap: str, topics: Topics, fake_rekognition: FakeRekognition
 ) -> None:
-    fake_rekognition.inject_errors("AccessDeniedException", count=25)
+    fake_rekognition.inject_errors("AccessDeniedException", count=12)
     count = 10
     await create_topics(kafka_bootstrap, [topics.input, *topics.outputs.values()], PARTITIONS)
     await produce(
@@ -270,7 +277,7 @@ async def test_backend_outage_waits_instead_of_dead_lettering(
     grouped = by_topic(out)
     assert topics.dlq not in grouped
     assert len(grouped[topics.rejected]) == count
-    assert fake_rekognition.stats.errors_by_code.get("AccessDeniedException") == 25
+    assert fake_rekognition.stats.errors_by_code.get("AccessDeniedException") == 12
 
 
 async def test_image_the_backend_always_fails_on_is_dead_lettered_while_others_pass(

@@ -28,8 +28,8 @@ def build_messages(origin: str) -> dict[str, tuple[bytes, str]]:
     messages: dict[str, tuple[bytes, str]] = {}
     for i in range(PER_KIND):
         kinds = {
-            f"s3-ok-{i}": ({"s3": {"bucket": "b", "key": "clean.jpg"}}, "approved"),
-            f"s3-bad-{i}": ({"s3": {"bucket": "b", "key": "explicit.jpg"}}, "rejected"),
+            f"s3-ok-{i}": ({"s3": {"bucket": "bucket", "key": "clean.jpg"}}, "approved"),
+            f"s3-bad-{i}": ({"s3": {"bucket": "bucket", "key": "explicit.jpg"}}, "rejected"),
             f"bytes-{i}": ({"bytes": b64(png(BORDERLINE, salt=str(i)))}, "review"),
             f"url-{i}": ({"url": f"{origin}/img{i % 5}.png"}, "rejected"),
             f"nonimage-{i}": ({"bytes": b64(b"GIF89a not allowed" + bytes([i]))}, "dlq"),
@@ -45,7 +45,7 @@ def build_messages(origin: str) -> dict[str, tuple[bytes, str]]:
                 "dlq",
             )
         messages[f"s3-missing-{i}"] = (
-            request(f"s3-missing-{i}", {"s3": {"bucket": "b", "key": "gone"}}),
+            request(f"s3-missing-{i}", {"s3": {"bucket": "bucket", "key": "gone"}}),
             "dlq",
         )
     return messages
@@ -97,8 +97,8 @@ async def test_sigkill_mid_run_loses_nothing(
     kafka_bootstrap: str, topics: Topics, fake_rekognition: FakeRekognition, tmp_path: Path
 ) -> None:
     fake_rekognition.set_latency(0.05, 0.02)
-    fake_rekognition.set_object("b", "clean.jpg", labels=[])
-    fake_rekognition.set_object("b", "explicit.jpg", labels=[EXPLICIT])
+    fake_rekognition.set_object("bucket", "clean.jpg", labels=[])
+    fake_rekognition.set_object("bucket", "explicit.jpg", labels=[EXPLICIT])
     await create_topics(kafka_bootstrap, [topics.input, *topics.outputs.values()], PARTITIONS)
     log = tmp_path / "service.log"
     routes = {f"/img{i}.png": png(EXPLICIT, salt=f"u{i}") for i in range(5)}
