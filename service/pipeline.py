@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +31,7 @@ from service.messages import (
     utc_now,
     verdict_record,
 )
+from service.metrics import Metrics
 from service.policy import RoutingPolicy
 from service.ratelimit import AdaptiveRateLimiter
 from service.retry import CircuitBreaker, full_jitter
@@ -77,6 +79,8 @@ class Pipeline:
         breaker: CircuitBreaker,
         policy: RoutingPolicy,
         sink: Sink,
+        metrics: Metrics,
+        backend_name: str = "rekognition",
     ) -> None:
         self._settings = settings
         self._backend = backend
@@ -85,6 +89,8 @@ class Pipeline:
         self._breaker = breaker
         self._policy = policy
         self._sink = sink
+        self._metrics = metrics
+        self._backend_name = backend_name
         self._topics = {
             "approved": settings.kafka.approved_topic,
             "rejected": settings.kafka.rejected_topic,
@@ -94,6 +100,7 @@ class Pipeline:
     async def handle(self, record: InputRecord) -> str:
         """Process one record and publish its single outcome; returns the output's kind."""
         received_at = utc_now()
+        started = time.monotonic()
         request: ModerationRequest | None = None
         attempts = 0
         try:
@@ -106,10 +113,12 @@ class Pipeline:
             result, attempts = await self._moderate(image, request)
         except InputError as exc:
             await self.dead_letter(record, request, exc.reason, exc.message, max(attempts, 1))
+            self._observe_done(record, started)
             return exc.reason.value
         except GaveUp as exc:
             message = f"backend kept failing with {exc.code} while serving other requests"
             await self.dead_letter(record, request, Reason.BACKEND_ERROR, message, exc.attempts)
+            self._observe_done(record, started)
             return Reason.BACKEND_ERROR.value
 
         decision = decide(result.labels, self._policy)
@@ -129,7 +138,16 @@ class Pipeline:
         await self._sink.publish(
             self._topics[decision.verdict], request.id.encode(), value, headers
         )
+        self._metrics.verdicts.labels(verdict=decision.verdict, decided_by="model").inc()
+        self._metrics.count_labels([label.name for label in result.labels])
+        self._observe_done(record, started)
         return decision.verdict
+
+    def _observe_done(self, record: InputRecord, started: float) -> None:
+        self._metrics.processing.observe(time.monotonic() - started)
+        if record.source.timestamp_ms is not None:
+            age = time.time() - record.source.timestamp_ms / 1000
+            self._metrics.end_to_end.observe(max(0.0, age))
 
     async def _load_image(self, request: ModerationRequest) -> tuple[S3Image | bytes, int]:
         image = request.image
@@ -165,7 +183,7 @@ class Pipeline:
             await self._limiter.acquire()
             attempt += 1
             try:
-                result = await self._backend.moderate(image, min_confidence)
+                result = await self._call(image, min_confidence)
             except BackendError as exc:
                 if exc.throttled:
                     self._limiter.on_throttled()
@@ -186,6 +204,28 @@ class Pipeline:
             self._breaker.record_success()
             return result, attempt
 
+    async def _call(self, image: S3Image | bytes, min_confidence: float) -> ModerationResult:
+        """One backend call, counted by outcome and timed (without any backoff around it)."""
+        outcome = "error"
+        started = time.monotonic()
+        try:
+            result = await self._backend.moderate(image, min_confidence)
+        except InputError:
+            outcome = "rejected"
+            raise
+        except BackendError as exc:
+            outcome = "throttled" if exc.throttled else "error"
+            raise
+        else:
+            outcome = "ok"
+            return result
+        finally:
+            backend = self._backend_name
+            self._metrics.backend_latency.labels(backend=backend).observe(
+                time.monotonic() - started
+            )
+            self._metrics.backend_calls.labels(backend=backend, outcome=outcome).inc()
+
     async def dead_letter(
         self,
         record: InputRecord,
@@ -199,11 +239,17 @@ class Pipeline:
         else:
             request_id = id_of_invalid(record.value, self._settings.kafka.max_input_bytes)
         log.info(
-            "dead-lettering %s offset %d: %s (%s)",
+            "dead-lettering %s: %s (%s)",
             request_id or "<unparsed>",
-            record.source.offset,
             reason,
             message,
+            extra={
+                "message_id": request_id,
+                "topic": record.source.topic,
+                "partition": record.source.partition,
+                "offset": record.source.offset,
+                "reason": str(reason),
+            },
         )
         value = dlq_record(
             key=record.key,
@@ -216,3 +262,4 @@ class Pipeline:
         )
         headers = output_headers(record.headers, error_reason=reason)
         await self._sink.publish(self._settings.kafka.dlq_topic, record.key, value, headers)
+        self._metrics.dead_letters.labels(reason=reason).inc()

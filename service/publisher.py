@@ -14,14 +14,16 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from service.messages import Headers
+from service.metrics import Metrics
 from service.retry import full_jitter
 
 log = logging.getLogger(__name__)
 
 
 class Publisher:
-    def __init__(self, producer: AIOKafkaProducer) -> None:
+    def __init__(self, producer: AIOKafkaProducer, metrics: Metrics) -> None:
         self._producer = producer
+        self._metrics = metrics
 
     async def publish(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
         attempt = 0
@@ -30,6 +32,7 @@ class Publisher:
             try:
                 await self._producer.send_and_wait(topic, value=value, key=key, headers=headers)
             except KafkaError as exc:
+                self._metrics.publish_retries.inc()
                 delay = full_jitter(attempt, base=0.2, cap=10.0)
                 log.warning(
                     "publish to %s failed (%r); retry %d in %.2fs", topic, exc, attempt, delay

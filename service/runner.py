@@ -29,7 +29,9 @@ from service.backends.rekognition import RekognitionBackend
 from service.embedded import EmbeddedBroker
 from service.errors import Reason
 from service.fetch import FetchPolicy, ImageFetcher
+from service.http_server import Health, HttpServer
 from service.messages import Source
+from service.metrics import Metrics
 from service.offsets import OffsetTracker, Ticket
 from service.pipeline import InputRecord, Pipeline
 from service.policy import RoutingPolicy
@@ -90,7 +92,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         await self._runner.release(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        self._runner.assigned(set(assigned))
 
 
 class Runner:
@@ -101,8 +103,13 @@ class Runner:
         *,
         backend: ModerationBackend | None = None,
         create_topics_partitions: int | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
+        self.metrics = metrics or Metrics()
+        self.health = Health()
+        self.http_port: int | None = None
+        self._next_offsets: dict[TopicPartition, int] = {}
         self._policy = policy
         self._backend: ModerationBackend = backend or RekognitionBackend(settings.backend)
         self._create_partitions = create_topics_partitions
@@ -128,7 +135,12 @@ class Runner:
             if partitions:
                 await ensure_topics(kafka, bootstrap, partitions)
 
-            # Closed last: the backend and fetcher may still serve draining tasks.
+            http = HttpServer(self.metrics, self.health, settings.http_host, settings.http_port)
+            await http.start()
+            stack.push_async_callback(http.close)  # closed last: probes answer while draining
+            self.http_port = http.port
+
+            # Closed after the consumer and producer: draining tasks still use them.
             await self._backend.start()
             stack.push_async_callback(self._backend.close)
             fetcher = ImageFetcher(
@@ -151,14 +163,23 @@ class Runner:
             await producer.start()
             stack.push_async_callback(producer.stop)  # flushes what is still buffered
 
+            limiter = AdaptiveRateLimiter(settings.backend.tps, settings.backend.tps_burst)
+            breaker = CircuitBreaker()
+            self.metrics.limiter_rate.set_function(lambda: limiter.rate)
+            self.metrics.limiter_max_rate.set(limiter.max_rate)
+            self.metrics.circuit_open.set_function(lambda: float(breaker.is_open))
+            self.metrics.max_in_flight.set(settings.backend.max_in_flight)
+            self.health.backend_ok = lambda: not breaker.is_open
             pipeline = Pipeline(
                 settings,
                 backend=self._backend,
                 fetcher=fetcher,
-                limiter=AdaptiveRateLimiter(settings.backend.tps, settings.backend.tps_burst),
-                breaker=CircuitBreaker(),
+                limiter=limiter,
+                breaker=breaker,
                 policy=self._policy,
-                sink=Publisher(producer),
+                sink=Publisher(producer, self.metrics),
+                metrics=self.metrics,
+                backend_name=settings.backend.kind,
             )
             consumer = AIOKafkaConsumer(
                 **kafka_client_options(kafka, bootstrap),
@@ -176,6 +197,7 @@ class Runner:
             log.info(
                 "consuming %s as group %s from %s", kafka.input_topic, kafka.group_id, bootstrap
             )
+            self.health.started = True
             self.ready.set()
             try:
                 await self._intake(consumer, pipeline, stop)
@@ -188,7 +210,9 @@ class Runner:
     ) -> None:
         max_in_flight = self._settings.backend.max_in_flight
         while not stop.is_set():
+            self.health.polled()
             capacity = max_in_flight - len(self._tasks)
+            self.metrics.intake_paused.set(1 if capacity <= 0 else 0)
             if capacity <= 0:
                 # Full: stop fetching but keep polling so the group does not evict us.
                 consumer.pause(*consumer.assignment())
@@ -204,7 +228,24 @@ class Runner:
                 for tp, records in batches.items():
                     for record in records:
                         self._start(pipeline, tp, record)
+                    self._next_offsets[tp] = records[-1].offset + 1
+            self._update_lag(consumer)
             await self._commit()
+
+    def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
+        # The high watermark from fetch responses (Tansu's end_offsets() is unreliable).
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            position = self._next_offsets.get(tp)
+            if highwater is not None and position is not None:
+                self.metrics.consumer_lag.labels(partition=str(tp.partition)).set(
+                    max(0, highwater - position)
+                )
+
+    def assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        self.health.partitions = len(assigned)
+        self.metrics.partitions_assigned.set(len(assigned))
 
     def _start(self, pipeline: Pipeline, tp: TopicPartition, record: ConsumerRecord) -> None:
         ticket = self._tracker.track(tp, record.offset)
@@ -217,9 +258,12 @@ class Runner:
         task = asyncio.create_task(self._process(pipeline, item, ticket))
         self._tasks[task] = tp
         task.add_done_callback(self._forget)
+        self.metrics.consumed.inc()
+        self.metrics.in_flight.set(len(self._tasks))
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
+        self.metrics.in_flight.set(len(self._tasks))
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("message task failed", exc_info=task.exception())
@@ -242,6 +286,12 @@ class Runner:
             await asyncio.gather(*pending, return_exceptions=True)
         await self._commit(force=True)
         self._tracker.revoke(revoked)
+        for tp in revoked:
+            self._next_offsets.pop(tp, None)
+            with contextlib.suppress(KeyError):  # no sample yet for that partition
+                self.metrics.consumer_lag.remove(str(tp.partition))
+        self.health.partitions = 0
+        self.metrics.partitions_assigned.set(0)
 
     async def _drain(self, grace_s: float) -> None:
         tasks = list(self._tasks)
@@ -269,5 +319,6 @@ class Runner:
             await self._consumer.commit(points)
         except (CommitFailedError, KafkaError) as exc:
             log.warning("commit failed (%r); those records will be redelivered", exc)
+            self.metrics.commit_failures.inc()
             return
         self._tracker.mark_committed(points)

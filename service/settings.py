@@ -70,6 +70,9 @@ class Settings:
     review_threshold: float
     shutdown_grace_s: float
     log_level: str
+    log_format: Literal["json", "text"]
+    http_host: str
+    http_port: int  # 0 picks a free port (tests)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -181,6 +184,9 @@ class _Reader:
             log_level=self.choice(
                 "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
             ),
+            log_format=self.choice("LOG_FORMAT", "json", ("json", "text")),  # type: ignore[arg-type]
+            http_host=self.text("MODERATION_HTTP_HOST", "0.0.0.0"),  # noqa: S104  (probes come from the node)
+            http_port=self.integer("MODERATION_HTTP_PORT", 8080, low=0, high=65535),
         )
 
     def kafka(self) -> KafkaSettings:

@@ -10,7 +10,7 @@ from pathlib import Path
 import jsonschema
 import orjson
 import pytest
-from aiohttp import web
+from aiohttp import ClientSession, web
 
 from service.policy import Thresholds, load_policy
 from service.runner import Runner
@@ -51,6 +51,8 @@ def make_settings(
         "MODERATION_FETCH_ALLOWED_NETWORKS": "127.0.0.1/32",
         "MODERATION_FETCH_TIMEOUT_S": "2",
         "MODERATION_SHUTDOWN_GRACE_S": "5",
+        "MODERATION_HTTP_HOST": "127.0.0.1",
+        "MODERATION_HTTP_PORT": "0",
         **topics.env(),
     }
     env.update(overrides)
@@ -96,6 +98,28 @@ async def image_server(routes: Mapping[str, bytes]) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+async def http_probes(port: int | None) -> dict[str, tuple[int, str]]:
+    assert port is not None
+    results: dict[str, tuple[int, str]] = {}
+    async with ClientSession() as session:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            async with session.get(f"http://127.0.0.1:{port}{path}") as response:
+                results[path] = (response.status, await response.text())
+    return results
+
+
+def sample(exposition: str, name: str) -> float:
+    """Sum of the samples whose name (and labels, if given) start with ``name``."""
+    total = 0.0
+    found = False
+    for line in exposition.splitlines():
+        if line.startswith(name) and (line[len(name)] in " {" or name.endswith("}")):
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    assert found, f"no sample {name}"
+    return total
 
 
 def outcomes(records: list) -> dict[str, list[tuple[str, dict]]]:
@@ -195,8 +219,9 @@ async def check_every_kind_of_input(
         await produce(kafka_bootstrap, topics.input, records)
 
         settings = make_settings(kafka_bootstrap, topics, fake_rekognition, **overrides)
-        async with running(settings):
+        async with running(settings) as runner:
             out = await collect(kafka_bootstrap, list(topics.outputs.values()), len(records))
+            probes = await http_probes(runner.http_port)
 
     kind_of = {topic: kind for kind, topic in topics.outputs.items()}
     by_id: dict[str, list[tuple[str, dict]]] = {}
@@ -230,6 +255,17 @@ async def check_every_kind_of_input(
     assert {label["name"] for label in rejected["labels"]} == {"Explicit", "Explicit Nudity"}
     assert rejected["model_version"] == "7.0"
     assert rejected["reasons"][0]["rule"] == "reject_threshold"
+
+    assert probes["/healthz"][0] == 200
+    assert probes["/readyz"][0] == 200
+    metrics = probes["/metrics"][1]
+    dead = sum(1 for _, kind, _ in cases.values() if kind == "dlq") + len(raw_bad)
+    assert sample(metrics, "moderation_dlq_total") == dead
+    assert sample(metrics, "moderation_messages_consumed_total") == len(records)
+    assert sample(metrics, 'moderation_verdicts_total{decided_by="model",verdict="rejected"}') == 2
+    assert sample(metrics, 'moderation_labels_total{category="Explicit"}') == 2
+    assert sample(metrics, 'moderation_dlq_total{reason="forbidden_url"}') == 1
+    assert sample(metrics, "moderation_in_flight") == 0
 
     # Every input offset is committed once the outputs were acknowledged.
     offsets = await committed(kafka_bootstrap, topics.group, topics.input, PARTITIONS)

@@ -64,6 +64,8 @@ def service_env(bootstrap: str, topics: Topics, fake: FakeRekognition) -> dict[s
             "MODERATION_MAX_IN_FLIGHT": "24",
             "MODERATION_FETCH_ALLOWED_NETWORKS": "127.0.0.1/32",
             "MODERATION_SHUTDOWN_GRACE_S": "10",
+            "MODERATION_HTTP_HOST": "127.0.0.1",
+            "MODERATION_HTTP_PORT": "0",
             **topics.env(),
         }
     )

@@ -1,0 +1,143 @@
+"""Every Prometheus metric the service exports, defined in one place.
+
+Naming follows Prometheus conventions: ``moderation_`` prefix, base units, ``_total`` counters.
+Label values come from small fixed sets only (verdicts, reasons, outcomes, top-level taxonomy
+categories, partition numbers), never ids or URLs. A registry is injected so tests read their own.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from service.taxonomy import top_level_of
+
+# Backend calls take 50 ms to seconds; end-to-end adds queueing, so its buckets reach further.
+_CALL_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
+_E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+_REVIEW_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.consumed = Counter(
+            "moderation_messages_consumed", "Input records taken from Kafka.", registry=r
+        )
+        self.verdicts = Counter(
+            "moderation_verdicts",
+            "Verdicts published, by verdict and by who decided.",
+            ["verdict", "decided_by"],
+            registry=r,
+        )
+        self.labels = Counter(
+            "moderation_labels",
+            "Moderation labels seen in verdicts, by top-level v7 category.",
+            ["category"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "moderation_dlq",
+            "Records sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.backend_calls = Counter(
+            "moderation_backend_calls",
+            "Moderation backend calls by outcome: ok, throttled, error (server/outage), rejected "
+            "(the backend refused the image).",
+            ["backend", "outcome"],
+            registry=r,
+        )
+        self.backend_latency = Histogram(
+            "moderation_backend_call_duration_seconds",
+            "Duration of one backend call, whatever its outcome.",
+            ["backend"],
+            buckets=_CALL_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end = Histogram(
+            "moderation_end_to_end_seconds",
+            "From the input record's timestamp to the broker's acknowledgement of its outcome.",
+            buckets=_E2E_BUCKETS,
+            registry=r,
+        )
+        self.processing = Histogram(
+            "moderation_processing_seconds",
+            "From taking the record off the consumer to the acknowledgement of its outcome.",
+            buckets=_E2E_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "moderation_in_flight", "Records being processed right now.", registry=r
+        )
+        self.max_in_flight = Gauge(
+            "moderation_max_in_flight", "Configured ceiling on records in flight.", registry=r
+        )
+        self.intake_paused = Gauge(
+            "moderation_intake_paused",
+            "1 while intake is paused because the pipeline is full.",
+            registry=r,
+        )
+        self.limiter_rate = Gauge(
+            "moderation_limiter_rate",
+            "Backend calls per second the adaptive limiter allows now.",
+            registry=r,
+        )
+        self.limiter_max_rate = Gauge(
+            "moderation_limiter_max_rate",
+            "Configured backend calls per second for this replica (MODERATION_TPS).",
+            registry=r,
+        )
+        self.circuit_open = Gauge(
+            "moderation_circuit_open", "1 while the backend circuit breaker is open.", registry=r
+        )
+        self.consumer_lag = Gauge(
+            "moderation_consumer_lag",
+            "Records behind the partition's high watermark (from fetch responses).",
+            ["partition"],
+            registry=r,
+        )
+        self.partitions_assigned = Gauge(
+            "moderation_partitions_assigned",
+            "Input partitions assigned to this replica.",
+            registry=r,
+        )
+        self.publish_retries = Counter(
+            "moderation_publish_retries",
+            "Output publishes retried after a broker error.",
+            registry=r,
+        )
+        self.commit_failures = Counter(
+            "moderation_commit_failures",
+            "Offset commits that failed (records redelivered).",
+            registry=r,
+        )
+        self.reviews_pending = Gauge(
+            "moderation_reviews_pending", "Human reviews started and not yet answered.", registry=r
+        )
+        self.reviews_started = Counter(
+            "moderation_reviews_started", "Human reviews started.", ["mode"], registry=r
+        )
+        self.reviews_completed = Counter(
+            "moderation_reviews_completed",
+            "Human reviews finished, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.reviews_timed_out = Counter(
+            "moderation_reviews_timed_out",
+            "Reviews past their SLA, given the fallback.",
+            registry=r,
+        )
+        self.review_duration = Histogram(
+            "moderation_review_duration_seconds",
+            "From the review request to the reviewers' answer.",
+            buckets=_REVIEW_BUCKETS,
+            registry=r,
+        )
+
+    def count_labels(self, names: list[str]) -> None:
+        """Count each top-level category once per verdict (a verdict often has parent + child)."""
+        for category in {top_level_of(name) or "other" for name in names}:
+            self.labels.labels(category=category).inc()
