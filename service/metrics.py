@@ -72,7 +72,10 @@ class Metrics:
             "moderation_in_flight", "Records being processed right now.", registry=r
         )
         self.max_in_flight = Gauge(
-            "moderation_max_in_flight", "Configured ceiling on records in flight.", registry=r
+            "moderation_max_in_flight",
+            "In-flight budget now: limiter rate x call latency x headroom, at most "
+            "MODERATION_MAX_IN_FLIGHT.",
+            registry=r,
         )
         self.intake_paused = Gauge(
             "moderation_intake_paused",

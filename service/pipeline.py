@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from service.backends.base import ModerationBackend, ModerationResult
+from service.capacity import ConcurrencyBudget
 from service.errors import BackendError, InputError, Reason
 from service.fetch import ImageFetcher
 from service.messages import (
@@ -80,6 +81,7 @@ class Pipeline:
         policy: RoutingPolicy,
         sink: Sink,
         metrics: Metrics,
+        budget: ConcurrencyBudget,
         backend_name: str = "rekognition",
     ) -> None:
         self._settings = settings
@@ -90,6 +92,7 @@ class Pipeline:
         self._policy = policy
         self._sink = sink
         self._metrics = metrics
+        self._budget = budget
         self._backend_name = backend_name
         self._topics = {
             "approved": settings.kafka.approved_topic,
@@ -179,17 +182,17 @@ class Pipeline:
         server_errors = 0
         successes_at_first_error: int | None = None
         while True:
-            await self._breaker.admit()
-            await self._limiter.acquire()
+            probe = await self._breaker.admit()
+            issued_at = await self._limiter.acquire()
             attempt += 1
             try:
                 result = await self._call(image, min_confidence)
             except BackendError as exc:
                 if exc.throttled:
-                    self._limiter.on_throttled()
+                    self._limiter.on_throttled(issued_at)
                     await asyncio.sleep(full_jitter(attempt, base=0.05, cap=2.0))
                     continue
-                self._breaker.record_failure()
+                self._breaker.record_failure(probe=probe)
                 if successes_at_first_error is None:
                     successes_at_first_error = self._breaker.successes
                 if exc.retriable:
@@ -221,9 +224,9 @@ class Pipeline:
             return result
         finally:
             backend = self._backend_name
-            self._metrics.backend_latency.labels(backend=backend).observe(
-                time.monotonic() - started
-            )
+            elapsed = time.monotonic() - started
+            self._budget.observe(elapsed)
+            self._metrics.backend_latency.labels(backend=backend).observe(elapsed)
             self._metrics.backend_calls.labels(backend=backend, outcome=outcome).inc()
 
     async def dead_letter(

@@ -80,16 +80,21 @@ def policy_from_mapping(document: Any, default: Thresholds, source: str) -> Rout
     labels = document.get("labels") or {}
     if not isinstance(labels, dict):
         raise ConfigError(source, "'labels' must map v7 label names to thresholds")
-    overrides: dict[str, Thresholds] = {}
-    for name, spec in labels.items():
+    for name in labels:
         if not is_v7_label(name):
             raise ConfigError(
                 source,
                 f"labels.{name!r} is not a Rekognition v7 moderation label "
                 "(names are exact and case-sensitive; v6 names such as 'Suggestive' never match)",
             )
-        overrides[name] = _thresholds(spec, f"labels.{name!r}", source, default)
-    return RoutingPolicy(default=default, overrides=overrides)
+    overrides: dict[str, Thresholds] = {}
+    policy = RoutingPolicy(default=default, overrides=overrides)
+    # Parents first, so a partial override inherits the missing keys from the nearest
+    # overridden ancestor, the same rule that decides which override governs a label.
+    for name in sorted(labels, key=lambda label: len(ancestors_of(label))):
+        inherited, _ = policy.thresholds_for(name)
+        overrides[name] = _thresholds(labels[name], f"labels.{name!r}", source, inherited)
+    return policy
 
 
 def load_policy(path: Path | None, default: Thresholds) -> RoutingPolicy:

@@ -16,7 +16,8 @@ def full_jitter(
     attempt: int, *, base: float = 0.1, cap: float = 20.0, rng: random.Random | None = None
 ) -> float:
     """Seconds to wait before retry number ``attempt`` (1-based)."""
-    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
+    exponent = min(max(0, attempt - 1), 64)  # retry loops may count past where 2**n overflows
+    ceiling = min(cap, base * 2.0**exponent)
     return (rng or random).uniform(0, ceiling)
 
 
@@ -51,17 +52,22 @@ class CircuitBreaker:
     def is_open(self) -> bool:
         return self._opened_at is not None
 
-    async def admit(self) -> None:
-        """Wait until a call may go out: the breaker is closed, or this call is the probe."""
+    async def admit(self) -> bool:
+        """Wait until a call may go out; True if this call is the probe of an open breaker.
+
+        The caller passes that back to :meth:`record_failure`, so only the probe's own failure
+        reopens the breaker (not a late failure of a call admitted before it opened).
+        """
         while self._opened_at is not None:
             remaining = self._opened_at + self._cooldown_s - self._clock()
             if remaining <= 0 and not self._probing:
                 self._probing = True
-                return
+                return True
             try:
                 await asyncio.wait_for(self._closed.wait(), timeout=max(remaining, 0.05))
             except TimeoutError:
                 continue
+        return False
 
     def record_success(self) -> None:
         self.successes += 1
@@ -72,10 +78,10 @@ class CircuitBreaker:
             self._cooldown_s = self.base_cooldown_s
             self._closed.set()
 
-    def record_failure(self) -> None:
+    def record_failure(self, *, probe: bool = False) -> None:
         self._failures += 1
         if self._opened_at is not None:
-            if self._probing:
+            if probe:
                 self._probing = False
                 self._opened_at = self._clock()
                 self._cooldown_s = min(self.max_cooldown_s, self._cooldown_s * 2)

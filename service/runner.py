@@ -26,6 +26,7 @@ from aiokafka.structs import ConsumerRecord
 
 from service.backends.base import ModerationBackend
 from service.backends.rekognition import RekognitionBackend
+from service.capacity import ConcurrencyBudget
 from service.embedded import EmbeddedBroker
 from service.errors import Reason
 from service.fetch import FetchPolicy, ImageFetcher
@@ -115,6 +116,9 @@ class Runner:
         self._create_partitions = create_topics_partitions
         self._tracker = OffsetTracker()
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
+        self._task_bytes: dict[asyncio.Task[None], int] = {}
+        self._in_flight_bytes = 0
+        self._budget: ConcurrencyBudget
         self._slot_freed = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._last_commit = 0.0
@@ -168,7 +172,9 @@ class Runner:
             self.metrics.limiter_rate.set_function(lambda: limiter.rate)
             self.metrics.limiter_max_rate.set(limiter.max_rate)
             self.metrics.circuit_open.set_function(lambda: float(breaker.is_open))
-            self.metrics.max_in_flight.set(settings.backend.max_in_flight)
+            budget = ConcurrencyBudget(limiter, ceiling=settings.backend.max_in_flight)
+            self._budget = budget
+            self.metrics.max_in_flight.set_function(lambda: budget.limit)
             self.health.backend_ok = lambda: not breaker.is_open
             pipeline = Pipeline(
                 settings,
@@ -179,6 +185,7 @@ class Runner:
                 policy=self._policy,
                 sink=Publisher(producer, self.metrics),
                 metrics=self.metrics,
+                budget=budget,
                 backend_name=settings.backend.kind,
             )
             consumer = AIOKafkaConsumer(
@@ -189,6 +196,7 @@ class Runner:
                 session_timeout_ms=kafka.session_timeout_ms,
                 heartbeat_interval_ms=max(1000, kafka.session_timeout_ms // 3),
                 max_poll_records=settings.backend.max_in_flight,
+                fetch_max_wait_ms=kafka.fetch_max_wait_ms,
             )
             self._consumer = consumer
             consumer.subscribe([kafka.input_topic], listener=_Rebalance(self))
@@ -208,10 +216,12 @@ class Runner:
     async def _intake(
         self, consumer: AIOKafkaConsumer, pipeline: Pipeline, stop: asyncio.Event
     ) -> None:
-        max_in_flight = self._settings.backend.max_in_flight
+        max_bytes = self._settings.backend.max_in_flight_bytes
         while not stop.is_set():
             self.health.polled()
-            capacity = max_in_flight - len(self._tasks)
+            capacity = self._budget.limit - len(self._tasks)
+            if self._in_flight_bytes >= max_bytes:
+                capacity = 0
             self.metrics.intake_paused.set(1 if capacity <= 0 else 0)
             if capacity <= 0:
                 # Full: stop fetching but keep polling so the group does not evict us.
@@ -257,12 +267,16 @@ class Runner:
         )
         task = asyncio.create_task(self._process(pipeline, item, ticket))
         self._tasks[task] = tp
+        size = len(record.value or b"") + len(record.key or b"")
+        self._task_bytes[task] = size
+        self._in_flight_bytes += size
         task.add_done_callback(self._forget)
         self.metrics.consumed.inc()
         self.metrics.in_flight.set(len(self._tasks))
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
+        self._in_flight_bytes -= self._task_bytes.pop(task, 0)
         self.metrics.in_flight.set(len(self._tasks))
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Literal, TypeVar
 from service.errors import ConfigError
 
 T = TypeVar("T")
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]+")  # what Kafka itself accepts
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -38,6 +40,7 @@ class KafkaSettings:
     sasl_password: str | None = field(repr=False)
     session_timeout_ms: int
     max_input_bytes: int
+    fetch_max_wait_ms: int
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class BackendSettings:
     max_attempts: int
     call_timeout_s: float
     default_min_confidence: float
+    max_in_flight_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -137,7 +141,7 @@ class _Reader:
 
     def topic(self, name: str, default: str) -> str:
         value = self.text(name, default)
-        if len(value) > 249 or not all(c.isalnum() or c in "._-" for c in value):
+        if len(value) > 249 or value in {".", ".."} or not _TOPIC_NAME.fullmatch(value):
             raise ConfigError(name, f"not a valid Kafka topic name: {value!r}")
         return value
 
@@ -239,11 +243,18 @@ class _Reader:
             max_input_bytes=self.integer(
                 "MODERATION_MAX_INPUT_BYTES", 8 * MIB, low=1024, high=64 * MIB
             ),
+            # Apache Kafka answers a fetch as soon as data arrives; the embedded Tansu broker holds
+            # it for the full max wait, so there the wait is kept short (it is added latency).
+            fetch_max_wait_ms=self.integer(
+                "KAFKA_FETCH_MAX_WAIT_MS", 500 if bootstrap is not None else 20, low=1, high=30_000
+            ),
         )
 
     def backend(self) -> BackendSettings:
         tps = self.number("MODERATION_TPS", 5.0, low=0.1, high=100_000)
-        burst = self.number("MODERATION_TPS_BURST", max(1.0, tps), low=1, high=1_000_000)
+        # A small burst: quotas are enforced over short windows, and a full second's worth of
+        # calls at once after an idle spell is exactly what gets throttled.
+        burst = self.number("MODERATION_TPS_BURST", max(1.0, tps / 10), low=1, high=1_000_000)
         region = self.raw("AWS_REGION") or self.raw("AWS_DEFAULT_REGION")
         endpoint = self.raw("REKOGNITION_ENDPOINT_URL")
         if endpoint is not None and not endpoint.startswith(("http://", "https://")):
@@ -256,7 +267,10 @@ class _Reader:
             endpoint_url=endpoint,
             tps=tps,
             tps_burst=burst,
-            max_in_flight=self.integer("MODERATION_MAX_IN_FLIGHT", 64, low=1, high=10_000),
+            max_in_flight=self.integer("MODERATION_MAX_IN_FLIGHT", 512, low=1, high=10_000),
+            max_in_flight_bytes=self.integer(
+                "MODERATION_MAX_IN_FLIGHT_BYTES", 256 * MIB, low=MIB, high=64 * 1024 * MIB
+            ),
             max_attempts=self.integer("MODERATION_MAX_ATTEMPTS", 5, low=1, high=100),
             call_timeout_s=self.number("MODERATION_CALL_TIMEOUT_S", 30.0, low=0.1, high=600),
             default_min_confidence=self.number("MODERATION_MIN_CONFIDENCE", 50.0, low=0, high=100),

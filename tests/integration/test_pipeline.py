@@ -44,6 +44,7 @@ def make_settings(
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "KAFKA_ENABLE_IDEMPOTENCE": "false",
         "KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "KAFKA_FETCH_MAX_WAIT_MS": "20",
         "AWS_REGION": "us-east-1",
         "REKOGNITION_ENDPOINT_URL": fake.endpoint_url,
         "MODERATION_TPS": "200",

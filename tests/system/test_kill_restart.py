@@ -58,6 +58,7 @@ def service_env(bootstrap: str, topics: Topics, fake: FakeRekognition) -> dict[s
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "KAFKA_ENABLE_IDEMPOTENCE": "false",
             "KAFKA_SESSION_TIMEOUT_MS": "6000",
+            "KAFKA_FETCH_MAX_WAIT_MS": "20",
             "AWS_REGION": "us-east-1",
             "REKOGNITION_ENDPOINT_URL": fake.endpoint_url,
             "MODERATION_TPS": "100",
