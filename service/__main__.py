@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="consume requests, moderate them, publish verdicts")
+    commands.add_parser("sink", help="turn human-review completion events into final verdicts")
     args = parser.parse_args(argv)
 
     try:
@@ -39,12 +40,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    if args.command == "run":
-        try:
+    try:
+        if args.command == "run":
             asyncio.run(_run(settings))
-        except ConfigError as exc:
-            print(f"configuration error: {exc}", file=sys.stderr)
-            return 2
+        elif args.command == "sink":
+            from service.review.sink import run_sink  # noqa: PLC0415  (faust is heavy: sink only)
+
+            run_sink(settings)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -32,6 +32,8 @@ class Reason(StrEnum):
     INVALID_PARAMETER = "invalid_parameter"
     RECORD_TOO_LARGE = "record_too_large"
     INTERNAL_ERROR = "internal_error"  # a bug in this service; the message is kept, not lost
+    MALFORMED_EVENT = "malformed_event"  # a completion event that is not A2I's shape
+    UNREADABLE_OUTPUT = "unreadable_output"  # the reviewers' output.json is missing or invalid
     BACKEND_ERROR = "backend_error"  # the backend kept failing on this image while serving others
 
 
@@ -70,12 +72,20 @@ class BackendError(ServiceError):
     """
 
     def __init__(
-        self, code: str, message: str, *, retriable: bool, throttled: bool = False
+        self,
+        code: str,
+        message: str,
+        *,
+        retriable: bool,
+        throttled: bool = False,
+        human_loop_quota: bool = False,
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.retriable = retriable
         self.throttled = throttled
+        # Too many reviews in progress: not an outage; hold or fall back, never hammer.
+        self.human_loop_quota = human_loop_quota
 
 
 class PublishError(ServiceError):

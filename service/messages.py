@@ -208,23 +208,28 @@ def verdict_record(
     reasons: list[dict[str, Any]],
     source: Source,
     received_at: str,
+    review: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> bytes:
-    return orjson.dumps(
-        {
-            "schema_version": SCHEMA_VERSION,
-            "id": request.id,
-            "verdict": verdict,
-            "decided_by": decided_by,
-            "labels": [label.as_json() for label in labels],
-            "model_version": model_version,
-            "reasons": reasons,
-            "attributes": request.attributes,
-            "image": describe_image(request.image),
-            "source": source.as_json(),
-            "received_at": received_at,
-            "decided_at": utc_now(),
-        }
-    )
+    record: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "id": request.id,
+        "verdict": verdict,
+        "decided_by": decided_by,
+        "labels": [label.as_json() for label in labels],
+        "model_version": model_version,
+        "reasons": reasons,
+        "attributes": request.attributes,
+        "image": describe_image(request.image),
+        "source": source.as_json(),
+        "received_at": received_at,
+        "decided_at": utc_now(),
+    }
+    if review is not None:
+        record["review"] = review
+    if extra:
+        record.update(extra)
+    return orjson.dumps(record)
 
 
 def _encode_bytes(data: bytes | None) -> tuple[str | None, str | None]:

@@ -12,9 +12,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from service.backends.base import ModerationBackend, ModerationResult
+import orjson
+
+from service.activation import ActivationConditions, Evaluation, evaluate
+from service.backends.base import HumanLoopRequest, ModerationBackend, ModerationResult
 from service.capacity import ConcurrencyBudget
 from service.errors import BackendError, InputError, Reason
 from service.fetch import ImageFetcher
@@ -36,6 +39,7 @@ from service.metrics import Metrics
 from service.policy import RoutingPolicy
 from service.ratelimit import AdaptiveRateLimiter
 from service.retry import CircuitBreaker, full_jitter
+from service.review.loops import loop_name, review_details
 from service.routing import decide
 from service.settings import Settings
 
@@ -82,6 +86,7 @@ class Pipeline:
         sink: Sink,
         metrics: Metrics,
         budget: ConcurrencyBudget,
+        conditions: ActivationConditions | None = None,
         backend_name: str = "rekognition",
     ) -> None:
         self._settings = settings
@@ -93,6 +98,7 @@ class Pipeline:
         self._sink = sink
         self._metrics = metrics
         self._budget = budget
+        self._conditions = conditions
         self._backend_name = backend_name
         self._topics = {
             "approved": settings.kafka.approved_topic,
@@ -113,7 +119,16 @@ class Pipeline:
                 max_image_bytes=self._settings.fetch.max_bytes,
             )
             image, attempts = await self._load_image(request)
-            result, attempts = await self._moderate(image, request)
+            loop = loop_name(request)
+            review_cfg = self._settings.review
+            human_loop = (
+                HumanLoopRequest(
+                    loop, review_cfg.flow_definition_arn, review_cfg.content_classifiers
+                )
+                if review_cfg.flow_definition_arn is not None
+                else None
+            )
+            result, attempts, loop_refused = await self._moderate(image, request, human_loop)
         except InputError as exc:
             await self.dead_letter(record, request, exc.reason, exc.message, max(attempts, 1))
             self._observe_done(record, started)
@@ -124,7 +139,19 @@ class Pipeline:
             self._observe_done(record, started)
             return Reason.BACKEND_ERROR.value
 
-        decision = decide(result.labels, self._policy)
+        managed_arn = (result.human_loop or {}).get("HumanLoopArn")
+        evaluation = None
+        if self._conditions is not None and managed_arn is None:
+            evaluation = evaluate(self._conditions, result.labels, request_key=loop)
+        decision = decide(
+            result.labels,
+            self._policy,
+            conditions_hold=evaluation.reasons if evaluation and evaluation.activated else None,
+            human_loop_arn=managed_arn,
+        )
+        review = None
+        if decision.verdict == "review":
+            review = self._review(loop, result, evaluation, decision.reasons, loop_refused)
         value = verdict_record(
             request,
             verdict=decision.verdict,
@@ -134,6 +161,7 @@ class Pipeline:
             reasons=decision.reasons,
             source=record.source,
             received_at=received_at,
+            review=review,
         )
         headers = output_headers(
             record.headers, verdict=decision.verdict, decided_by="model", id=request.id
@@ -145,6 +173,44 @@ class Pipeline:
         self._metrics.count_labels([label.name for label in result.labels])
         self._observe_done(record, started)
         return decision.verdict
+
+    def _review(
+        self,
+        loop: str,
+        result: ModerationResult,
+        evaluation: Evaluation | None,
+        reasons: list[dict[str, Any]],
+        loop_refused: bool,
+    ) -> dict[str, Any]:
+        managed = result.human_loop if (result.human_loop or {}).get("HumanLoopArn") else None
+        if managed is not None:
+            mode = "managed"
+            activation_reasons = list(managed.get("HumanLoopActivationReasons", []))
+            activation_results = _json_or_text(
+                managed.get("HumanLoopActivationConditionsEvaluationResults")
+            )
+        else:
+            mode = "self_hosted"
+            activation_reasons = evaluation.reasons if evaluation and evaluation.activated else []
+            activation_results = evaluation.results if evaluation is not None else None
+            if not activation_reasons:
+                activation_reasons = [
+                    f"{r['label']} confidence {r['confidence']:.1f} >= review threshold "
+                    f"{r['threshold']:g}"
+                    for r in reasons
+                    if r["rule"] == "review_threshold"
+                ]
+        self._metrics.reviews_started.labels(mode=mode).inc()
+        return review_details(
+            loop=loop,
+            mode=mode,
+            flow_definition_arn=self._settings.review.flow_definition_arn,
+            human_loop=managed,
+            activation_reasons=activation_reasons,
+            activation_results=activation_results,
+            sla_s=self._settings.review.sla_s,
+            fallback_reason="human_loop_quota_exceeded" if loop_refused else None,
+        )
 
     def _observe_done(self, record: InputRecord, started: float) -> None:
         self._metrics.processing.observe(time.monotonic() - started)
@@ -173,21 +239,34 @@ class Pipeline:
                 await asyncio.sleep(full_jitter(attempt, base=0.5, cap=5.0))
 
     async def _moderate(
-        self, image: S3Image | bytes, request: ModerationRequest
-    ) -> tuple[ModerationResult, int]:
+        self,
+        image: S3Image | bytes,
+        request: ModerationRequest,
+        human_loop: HumanLoopRequest | None,
+    ) -> tuple[ModerationResult, int, bool]:
+        """The backend's answer, the attempts it took, and whether A2I refused a human loop."""
         min_confidence = request.min_confidence
         if min_confidence is None:
             min_confidence = self._settings.backend.default_min_confidence
         attempt = 0
         server_errors = 0
         successes_at_first_error: int | None = None
+        loop_refused = False
         while True:
             probe = await self._breaker.admit()
             issued_at = await self._limiter.acquire()
             attempt += 1
             try:
-                result = await self._call(image, min_confidence)
+                result = await self._call(image, min_confidence, human_loop)
             except BackendError as exc:
+                if exc.human_loop_quota:
+                    # Too many reviews in progress: hold (retry later, gently) or decide now
+                    # without a managed loop and let the self-hosted path take the review.
+                    if self._settings.review.quota_fallback == "policy":
+                        human_loop, loop_refused = None, True
+                        continue
+                    await asyncio.sleep(full_jitter(attempt, base=1.0, cap=60.0))
+                    continue
                 if exc.throttled:
                     self._limiter.on_throttled(issued_at)
                     await asyncio.sleep(full_jitter(attempt, base=0.05, cap=2.0))
@@ -205,14 +284,16 @@ class Pipeline:
                 await asyncio.sleep(full_jitter(attempt, base=0.1, cap=20.0))
                 continue
             self._breaker.record_success()
-            return result, attempt
+            return result, attempt, loop_refused
 
-    async def _call(self, image: S3Image | bytes, min_confidence: float) -> ModerationResult:
+    async def _call(
+        self, image: S3Image | bytes, min_confidence: float, human_loop: HumanLoopRequest | None
+    ) -> ModerationResult:
         """One backend call, counted by outcome and timed (without any backoff around it)."""
         outcome = "error"
         started = time.monotonic()
         try:
-            result = await self._backend.moderate(image, min_confidence)
+            result = await self._backend.moderate(image, min_confidence, human_loop)
         except InputError:
             outcome = "rejected"
             raise
@@ -266,3 +347,13 @@ class Pipeline:
         headers = output_headers(record.headers, error_reason=reason)
         await self._sink.publish(self._settings.kafka.dlq_topic, record.key, value, headers)
         self._metrics.dead_letters.labels(reason=reason).inc()
+
+
+def _json_or_text(value: object) -> object:
+    """Rekognition returns the evaluation results as a JSON string; keep them structured."""
+    if isinstance(value, str):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+    return value

@@ -24,6 +24,7 @@ from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsErr
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
 
+from service.activation import ActivationConditions, parse_conditions
 from service.backends.base import ModerationBackend
 from service.backends.rekognition import RekognitionBackend
 from service.capacity import ConcurrencyBudget
@@ -64,13 +65,16 @@ def kafka_client_options(kafka: KafkaSettings, bootstrap: str) -> dict[str, obje
     return options
 
 
-async def ensure_topics(kafka: KafkaSettings, bootstrap: str, partitions: int) -> None:
+async def ensure_topics(
+    kafka: KafkaSettings, bootstrap: str, partitions: int, extra_topics: tuple[str, ...] = ()
+) -> None:
     """Create the service's topics when missing (embedded runs; real clusters manage their own)."""
     admin = AIOKafkaAdminClient(**kafka_client_options(kafka, bootstrap))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         names = [
+            *extra_topics,
             kafka.input_topic,
             kafka.approved_topic,
             kafka.rejected_topic,
@@ -83,6 +87,17 @@ async def ensure_topics(kafka: KafkaSettings, bootstrap: str, partitions: int) -
                 await admin.create_topics(missing)
     finally:
         await admin.close()
+
+
+def load_conditions(settings: Settings) -> ActivationConditions | None:
+    """Parse the A2I activation conditions at start-up: invalid JSON stops the service."""
+    review = settings.review
+    if review.activation_conditions is None:
+        return None
+    conditions = parse_conditions(review.activation_conditions, source=review.activation_source)
+    for warning in conditions.warnings:
+        log.warning("%s: %s", review.activation_source, warning)
+    return conditions
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
@@ -107,6 +122,7 @@ class Runner:
         metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
+        self._conditions = load_conditions(settings)
         self.metrics = metrics or Metrics()
         self.health = Health()
         self.http_port: int | None = None
@@ -137,7 +153,9 @@ class Runner:
                 bootstrap = broker.bootstrap_servers
                 partitions = partitions or 4
             if partitions:
-                await ensure_topics(kafka, bootstrap, partitions)
+                await ensure_topics(
+                    kafka, bootstrap, partitions, (settings.review.completions_topic,)
+                )
 
             http = HttpServer(self.metrics, self.health, settings.http_host, settings.http_port)
             await http.start()
@@ -186,6 +204,7 @@ class Runner:
                 sink=Publisher(producer, self.metrics),
                 metrics=self.metrics,
                 budget=budget,
+                conditions=self._conditions,
                 backend_name=settings.backend.kind,
             )
             consumer = AIOKafkaConsumer(

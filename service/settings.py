@@ -64,17 +64,46 @@ class FetchSettings:
     allowed_networks: tuple[IpNetwork, ...]
 
 
+ContentClassifier = Literal["FreeOfPersonallyIdentifiableInformation", "FreeOfAdultContent"]
+CONTENT_CLASSIFIERS: tuple[str, ...] = (
+    "FreeOfPersonallyIdentifiableInformation",
+    "FreeOfAdultContent",
+)
+_FLOW_DEFINITION_ARN = re.compile(
+    r"arn:aws[a-z\-]*:sagemaker:[a-z0-9\-]+:[0-9]{12}:flow-definition/[a-z0-9](-*[a-z0-9])*"
+)
+
+
+@dataclass(frozen=True)
+class ReviewSettings:
+    """Human review: when to ask people, through which path, and what to do when they can't."""
+
+    activation_conditions: str | None  # A2I HumanLoopActivationConditions JSON, parsed at start
+    activation_source: str  # the variable (or file) the conditions came from, for errors
+    flow_definition_arn: str | None  # set: managed A2I via Rekognition's HumanLoopConfig
+    content_classifiers: tuple[ContentClassifier, ...]
+    quota_fallback: Literal["hold", "policy"]
+    sla_s: float
+    fallback: Literal["reject", "approve", "requeue"]
+    consensus: Literal["any", "majority"]
+    completions_topic: str
+    s3_endpoint_url: str | None
+    local_store: Path | None  # directory for file:// outputs (embedded setup / self-hosted console)
+
+
 @dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings
     backend: BackendSettings
     fetch: FetchSettings
+    review: ReviewSettings
     policy_file: Path | None
     reject_threshold: float
     review_threshold: float
     shutdown_grace_s: float
     log_level: str
     log_format: Literal["json", "text"]
+    sink_producer_max_batch_size: int  # 16 on Tansu: one record per batch (end_offsets bug)
     http_host: str
     http_port: int  # 0 picks a free port (tests)
 
@@ -181,6 +210,7 @@ class _Reader:
             kafka=kafka,
             backend=backend,
             fetch=fetch,
+            review=self.review(kafka),
             policy_file=policy_file,
             reject_threshold=reject,
             review_threshold=review,
@@ -191,6 +221,9 @@ class _Reader:
             log_format=self.choice("LOG_FORMAT", "json", ("json", "text")),  # type: ignore[arg-type]
             http_host=self.text("MODERATION_HTTP_HOST", "0.0.0.0"),  # noqa: S104  (probes come from the node)
             http_port=self.integer("MODERATION_HTTP_PORT", 8080, low=0, high=65535),
+            sink_producer_max_batch_size=self.integer(
+                "SINK_PRODUCER_MAX_BATCH_SIZE", 16_384, low=16, high=16 * MIB
+            ),
         )
 
     def kafka(self) -> KafkaSettings:
@@ -248,6 +281,72 @@ class _Reader:
             fetch_max_wait_ms=self.integer(
                 "KAFKA_FETCH_MAX_WAIT_MS", 500 if bootstrap is not None else 20, low=1, high=30_000
             ),
+        )
+
+    def review(self, kafka: KafkaSettings) -> ReviewSettings:
+        inline = self.raw("MODERATION_ACTIVATION_CONDITIONS")
+        path = self.raw("MODERATION_ACTIVATION_CONDITIONS_FILE")
+        if inline is not None and path is not None:
+            raise ConfigError(
+                "MODERATION_ACTIVATION_CONDITIONS_FILE",
+                "set either it or MODERATION_ACTIVATION_CONDITIONS, not both",
+            )
+        conditions, source = inline, "MODERATION_ACTIVATION_CONDITIONS"
+        if path is not None:
+            source = f"MODERATION_ACTIVATION_CONDITIONS_FILE ({path})"
+            try:
+                conditions = Path(path).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError("MODERATION_ACTIVATION_CONDITIONS_FILE", str(exc)) from exc
+        arn = self.raw("A2I_FLOW_DEFINITION_ARN")
+        if arn is not None and not _FLOW_DEFINITION_ARN.fullmatch(arn):
+            raise ConfigError(
+                "A2I_FLOW_DEFINITION_ARN",
+                "expected arn:aws:sagemaker:<region>:<account>:flow-definition/<name>",
+            )
+        classifiers = tuple(
+            part.strip()
+            for part in (self.raw("A2I_CONTENT_CLASSIFIERS") or "").split(",")
+            if part.strip()
+        )
+        for classifier in classifiers:
+            if classifier not in CONTENT_CLASSIFIERS:
+                raise ConfigError(
+                    "A2I_CONTENT_CLASSIFIERS",
+                    f"{classifier!r} is not one of {', '.join(CONTENT_CLASSIFIERS)}",
+                )
+        completions = self.topic("MODERATION_COMPLETIONS_TOPIC", "moderation.review.completions")
+        if completions in {
+            kafka.input_topic,
+            kafka.approved_topic,
+            kafka.rejected_topic,
+            kafka.review_topic,
+            kafka.dlq_topic,
+        }:
+            raise ConfigError(
+                "MODERATION_COMPLETIONS_TOPIC", f"topic {completions!r} is already used"
+            )
+        s3_endpoint = self.raw("S3_ENDPOINT_URL")
+        if s3_endpoint is not None and not s3_endpoint.startswith(("http://", "https://")):
+            raise ConfigError("S3_ENDPOINT_URL", f"expected an http(s) URL: {s3_endpoint!r}")
+        return ReviewSettings(
+            activation_conditions=conditions,
+            activation_source=source,
+            flow_definition_arn=arn,
+            content_classifiers=classifiers,  # type: ignore[arg-type]  # checked above
+            quota_fallback=self.choice(
+                "MODERATION_REVIEW_QUOTA_FALLBACK", "hold", ("hold", "policy")
+            ),  # type: ignore[arg-type]
+            sla_s=self.number("MODERATION_REVIEW_SLA_S", 86_400.0, low=1, high=30 * 86_400),
+            fallback=self.choice(
+                "MODERATION_REVIEW_FALLBACK", "reject", ("reject", "approve", "requeue")
+            ),  # type: ignore[arg-type]
+            consensus=self.choice("MODERATION_REVIEW_CONSENSUS", "any", ("any", "majority")),  # type: ignore[arg-type]
+            completions_topic=completions,
+            s3_endpoint_url=s3_endpoint,
+            local_store=Path(store)
+            if (store := self.raw("MODERATION_REVIEW_LOCAL_STORE"))
+            else None,
         )
 
     def backend(self) -> BackendSettings:

@@ -16,7 +16,7 @@ import aioboto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
-from service.backends.base import ModerationResult
+from service.backends.base import HumanLoopRequest, ModerationResult
 from service.errors import BackendError, InputError, Reason
 from service.messages import Label, S3Image
 from service.settings import BackendSettings
@@ -39,6 +39,8 @@ def translate_client_error(exc: ClientError) -> InputError | BackendError:
         return InputError(_IMAGE_ERRORS[code], f"Rekognition {code}: {message}")
     if code in _THROTTLING:
         return BackendError(code, message, retriable=True, throttled=True)
+    if code == "HumanLoopQuotaExceededException":
+        return BackendError(code, message, retriable=True, human_loop_quota=True)
     return BackendError(code, message, retriable=code in _RETRIABLE)
 
 
@@ -81,7 +83,12 @@ class RekognitionBackend:
         self._client = None
         await self._exit_stack.aclose()
 
-    async def moderate(self, image: S3Image | bytes, min_confidence: float) -> ModerationResult:
+    async def moderate(
+        self,
+        image: S3Image | bytes,
+        min_confidence: float,
+        human_loop: HumanLoopRequest | None = None,
+    ) -> ModerationResult:
         if self._client is None:
             raise RuntimeError("RekognitionBackend.start() was not awaited")
         if isinstance(image, S3Image):
@@ -91,10 +98,11 @@ class RekognitionBackend:
             request_image: dict[str, Any] = {"S3Object": s3_object}
         else:
             request_image = {"Bytes": image}
+        params: dict[str, Any] = {"Image": request_image, "MinConfidence": min_confidence}
+        if human_loop is not None:
+            params["HumanLoopConfig"] = human_loop.as_api()
         try:
-            response = await self._client.detect_moderation_labels(
-                Image=request_image, MinConfidence=min_confidence
-            )
+            response = await self._client.detect_moderation_labels(**params)
         except ClientError as exc:
             raise translate_client_error(exc) from exc
         except ParamValidationError as exc:

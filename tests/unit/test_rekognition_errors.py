@@ -46,7 +46,7 @@ def test_image_problems_are_input_errors(code: str, reason: Reason) -> None:
         ("UnrecognizedClientException", False, False),
         ("ExpiredTokenException", False, False),
         ("ResourceNotFoundException", False, False),
-        ("HumanLoopQuotaExceededException", False, False),
+        ("HumanLoopQuotaExceededException", True, False),
         ("SomethingNew", False, False),
     ],
 )
@@ -57,6 +57,7 @@ def test_backend_problems_are_backend_errors(code: str, retriable: bool, throttl
     assert error.code == code
     assert error.retriable is retriable
     assert error.throttled is throttled
+    assert error.human_loop_quota is (code == "HumanLoopQuotaExceededException")
     assert str(error) == f"{code}: try later"
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: this service against the baselines in :mod:`bench.peers`."""
