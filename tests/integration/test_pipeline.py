@@ -16,7 +16,7 @@ from service.policy import Thresholds, load_policy
 from service.runner import Runner
 from service.settings import Settings
 from tests.fakes.rekognition import FakeRekognition
-from tests.images import BORDERLINE, EXPLICIT, EXPLICIT_NUDITY, MILD, b64, png
+from tests.images import BORDERLINE, EXPLICIT, EXPLICIT_NUDITY, MILD, b64, label, png
 from tests.kafka_helpers import (
     Topics,
     by_topic,
@@ -341,3 +341,114 @@ async def test_image_the_backend_always_fails_on_is_dead_lettered_while_others_p
     assert [(d["id"], d["error"]["reason"]) for d in dead] == [("poison", "backend_error")]
     assert dead[0]["attempts"] >= 3
     assert len(grouped[topics.approved]) == 20
+
+
+ALWAYS_REVIEW_FLOW = "arn:aws:sagemaker:us-east-1:000000000000:flow-definition/always-review"
+
+
+async def test_managed_a2i_starts_one_loop_per_request_and_routes_to_review(
+    kafka_bootstrap: str, topics: Topics, fake_rekognition: FakeRekognition
+) -> None:
+    fake_rekognition.set_object("bucket", "beach.jpg", labels=[BORDERLINE])
+    await create_topics(kafka_bootstrap, [topics.input, *topics.outputs.values()], PARTITIONS)
+    same = request("r1", {"s3": {"bucket": "bucket", "key": "beach.jpg"}}, attributes={"a": 1})
+    # r1 twice (a redelivery), then r2: the redelivery must ask for the same loop.
+    values = [same, same, request("r2", {"s3": {"bucket": "bucket", "key": "beach.jpg"}})]
+    await produce(kafka_bootstrap, topics.input, [(None, v, []) for v in values])
+    settings = make_settings(
+        kafka_bootstrap,
+        topics,
+        fake_rekognition,
+        A2I_FLOW_DEFINITION_ARN=ALWAYS_REVIEW_FLOW,
+        A2I_CONTENT_CLASSIFIERS="FreeOfPersonallyIdentifiableInformation",
+    )
+    async with running(settings):
+        out = await collect(kafka_bootstrap, list(topics.outputs.values()), len(values))
+    grouped = by_topic(out)
+    assert set(grouped) == {topics.review}
+    reviews = [orjson.loads(r.value) for r in grouped[topics.review]]
+    for review in reviews:
+        jsonschema.validate(review, schema("verdict"))
+        details = review["review"]
+        assert details["mode"] == "managed"
+        assert details["flow_definition_arn"] == ALWAYS_REVIEW_FLOW
+        assert details["human_loop_arn"].endswith("/" + details["human_loop_name"])
+        assert details["activation_reasons"] == ["ConditionsEvaluation"]
+        assert review["reasons"][0]["rule"] == "human_loop_started"
+    names = {r["id"]: set() for r in reviews}
+    for review in reviews:
+        names[review["id"]].add(review["review"]["human_loop_name"])
+    assert len(names["r1"]) == 1  # the redelivered request asked for the same loop
+    assert names["r1"] != names["r2"]
+
+
+@pytest.mark.parametrize("fallback", ["hold", "policy"])
+async def test_human_loop_quota_exceeded_holds_or_falls_back_to_local_policy(
+    kafka_bootstrap: str, topics: Topics, fake_rekognition: FakeRekognition, fallback: str
+) -> None:
+    fake_rekognition.set_object("bucket", "beach.jpg", labels=[BORDERLINE])
+    fake_rekognition.inject_errors("HumanLoopQuotaExceededException", count=2)
+    await create_topics(kafka_bootstrap, [topics.input, *topics.outputs.values()], PARTITIONS)
+    await produce(
+        kafka_bootstrap,
+        topics.input,
+        [(None, request("q1", {"s3": {"bucket": "bucket", "key": "beach.jpg"}}), [])],
+    )
+    settings = make_settings(
+        kafka_bootstrap,
+        topics,
+        fake_rekognition,
+        A2I_FLOW_DEFINITION_ARN=ALWAYS_REVIEW_FLOW,
+        MODERATION_REVIEW_QUOTA_FALLBACK=fallback,
+    )
+    async with running(settings):
+        out = await collect(kafka_bootstrap, list(topics.outputs.values()), 1, timeout_s=30)
+    (record,) = out
+    review = orjson.loads(record.value)
+    assert record.topic == topics.review  # BORDERLINE (65) is in the default review band
+    if fallback == "hold":
+        assert review["review"]["mode"] == "managed"  # waited for A2I to take it
+        assert fake_rekognition.stats.errors_by_code["HumanLoopQuotaExceededException"] == 2
+    else:
+        assert review["review"]["mode"] == "self_hosted"  # decided locally, our console reviews
+        assert review["review"]["fallback_reason"] == "human_loop_quota_exceeded"
+        assert review["review"]["human_loop_arn"] is None
+
+
+async def test_self_hosted_activation_conditions_route_and_report_like_a2i(
+    kafka_bootstrap: str, topics: Topics, fake_rekognition: FakeRekognition
+) -> None:
+    conditions = {
+        "Conditions": [
+            {
+                "ConditionType": "ModerationLabelConfidenceCheck",
+                "ConditionParameters": {
+                    "ModerationLabelName": "Alcohol",
+                    "ConfidenceGreaterThan": 55,
+                },
+            }
+        ]
+    }
+    await create_topics(kafka_bootstrap, [topics.input, *topics.outputs.values()], PARTITIONS)
+    values = [
+        request("drinks", {"bytes": b64(png(label("Alcohol", 60.0), salt="a"))}),
+        request("sober", {"bytes": b64(png(label("Alcohol", 52.0), salt="b"))}),
+    ]
+    await produce(kafka_bootstrap, topics.input, [(None, v, []) for v in values])
+    settings = make_settings(
+        kafka_bootstrap,
+        topics,
+        fake_rekognition,
+        MODERATION_ACTIVATION_CONDITIONS=orjson.dumps(conditions).decode(),
+        MODERATION_REVIEW_THRESHOLD="70",  # keep the threshold band out of the way
+    )
+    async with running(settings):
+        out = await collect(kafka_bootstrap, list(topics.outputs.values()), len(values))
+    by_id = {orjson.loads(r.value)["id"]: (r.topic, orjson.loads(r.value)) for r in out}
+    topic, review = by_id["drinks"]
+    assert topic == topics.review
+    details = review["review"]
+    assert details["mode"] == "self_hosted"
+    assert details["activation_results"]["Conditions"][0]["EvaluationResult"] is True
+    assert details["activation_reasons"] == ["Alcohol confidence 60.0 > 55"]
+    assert by_id["sober"][0] == topics.approved
