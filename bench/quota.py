@@ -20,11 +20,12 @@ import asyncio
 import base64
 import contextlib
 import os
-import signal
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from asyncio.subprocess import Process
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.embedded import EmbeddedBroker, free_port
+from tests.processes import running_process
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
@@ -234,24 +236,10 @@ class InputTimes:
             await consumer.stop()
 
 
-@contextlib.asynccontextmanager
-async def process(
+def process(
     argv: list[str], env: dict[str, str], log: Path
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    with log.open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, env=env, stdout=out, stderr=out, cwd=ROOT
-        )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+) -> AbstractAsyncContextManager[Process]:
+    return running_process(argv, env, log, cwd=ROOT)
 
 
 def peak_rss_mib(pid: int) -> float | None:

@@ -26,6 +26,7 @@ from tests.kafka_helpers import (
     produce,
     request,
 )
+from tests.processes import local_settings
 
 pytestmark = pytest.mark.kafka
 
@@ -41,20 +42,13 @@ def make_settings(
     bootstrap: str, topics: Topics, fake: FakeRekognition, **overrides: str
 ) -> Settings:
     env: dict[str, str] = {
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "KAFKA_ENABLE_IDEMPOTENCE": "false",
-        "KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "KAFKA_FETCH_MAX_WAIT_MS": "20",
-        "AWS_REGION": "us-east-1",
+        **local_settings(bootstrap, topics),
         "REKOGNITION_ENDPOINT_URL": fake.endpoint_url,
         "MODERATION_TPS": "200",
         "MODERATION_MAX_IN_FLIGHT": "32",
         "MODERATION_FETCH_ALLOWED_NETWORKS": "127.0.0.1/32",
         "MODERATION_FETCH_TIMEOUT_S": "2",
         "MODERATION_SHUTDOWN_GRACE_S": "5",
-        "MODERATION_HTTP_HOST": "127.0.0.1",
-        "MODERATION_HTTP_PORT": "0",
-        **topics.env(),
     }
     env.update(overrides)
     return Settings.from_env(env)

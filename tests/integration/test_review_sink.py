@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 import uuid
+from asyncio.subprocess import Process
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 from service.embedded import free_port
 from service.review.events import completion_event
 from tests.kafka_helpers import Topics, collect, create_topics, produce
+from tests.processes import local_settings, process_env, running_process
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -139,40 +141,18 @@ async def put_output(endpoint: str, loop: str, body: bytes) -> None:
         )
 
 
-@contextlib.asynccontextmanager
-async def sink_process(env: dict[str, str], log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    with log.open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service", "sink", env=env, stdout=out, stderr=out
-        )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+def sink_process(env: dict[str, str], log: Path) -> AbstractAsyncContextManager[Process]:
+    return running_process([sys.executable, "-m", "service", "sink"], env, log)
 
 
 def sink_env(bootstrap: str, topics: Topics, completions: str, s3: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODERATION_", "KAFKA_"))}
-    return (
-        env
-        | topics.env()
+    return process_env(
+        local_settings(bootstrap, topics)
         | {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "KAFKA_ENABLE_IDEMPOTENCE": "false",
-            "KAFKA_SESSION_TIMEOUT_MS": "6000",
             "SINK_PRODUCER_MAX_BATCH_SIZE": "16",
-            "AWS_REGION": "us-east-1",
             "S3_ENDPOINT_URL": s3,
             "MODERATION_COMPLETIONS_TOPIC": completions,
             "MODERATION_REVIEW_FALLBACK": "reject",
-            "MODERATION_HTTP_HOST": "127.0.0.1",
-            "MODERATION_HTTP_PORT": "0",
             "LOG_FORMAT": "text",
         }
     )

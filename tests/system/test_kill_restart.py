@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections import Counter
@@ -16,6 +15,7 @@ from tests.fakes.rekognition import FakeRekognition
 from tests.images import BORDERLINE, EXPLICIT, b64, png
 from tests.integration.test_pipeline import image_server
 from tests.kafka_helpers import Topics, collect, committed, create_topics, produce, request
+from tests.processes import local_settings, process_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -52,28 +52,20 @@ def build_messages(origin: str) -> dict[str, tuple[bytes, str]]:
 
 
 def service_env(bootstrap: str, topics: Topics, fake: FakeRekognition) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODERATION_", "KAFKA_"))}
-    env.update(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "KAFKA_ENABLE_IDEMPOTENCE": "false",
-            "KAFKA_SESSION_TIMEOUT_MS": "6000",
-            "KAFKA_FETCH_MAX_WAIT_MS": "20",
-            "AWS_REGION": "us-east-1",
+    return process_env(
+        local_settings(bootstrap, topics)
+        | {
             "REKOGNITION_ENDPOINT_URL": fake.endpoint_url,
             "MODERATION_TPS": "100",
             "MODERATION_MAX_IN_FLIGHT": "24",
             "MODERATION_FETCH_ALLOWED_NETWORKS": "127.0.0.1/32",
             "MODERATION_SHUTDOWN_GRACE_S": "10",
-            "MODERATION_HTTP_HOST": "127.0.0.1",
-            "MODERATION_HTTP_PORT": "0",
-            **topics.env(),
         }
     )
-    return env
 
 
 async def start_service(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    """Started by hand, not ``running_process``: this test kills and restarts it itself."""
     with log.open("ab") as out:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "service", "run", env=env, stdout=out, stderr=out
