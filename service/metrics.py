@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from service.taxonomy import top_level_of
+from service.errors import Reason
+from service.taxonomy import TOP_LEVEL_CATEGORIES, top_level_of
+
+REVIEW_OUTCOMES = (
+    "approved",
+    "rejected",
+    "fallback_approved",
+    "fallback_rejected",
+    "requeued",
+    "duplicate",
+)
 
 # Backend calls take 50 ms to seconds; end-to-end adds queueing, so its buckets reach further.
 _CALL_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
@@ -139,6 +149,29 @@ class Metrics:
             buckets=_REVIEW_BUCKETS,
             registry=r,
         )
+
+    def initialise(self, backend: str) -> None:
+        """Create every known label set at zero, so each series exists from the first scrape.
+
+        A counter whose series appears only at its first increment is invisible to ``rate()``
+        and ``increase()`` for that first step, so alerts on bursts would miss them.
+        """
+        for verdict in ("approved", "rejected", "review"):
+            self.verdicts.labels(verdict=verdict, decided_by="model")
+        for verdict in ("approved", "rejected"):
+            for decided_by in ("human", "fallback"):
+                self.verdicts.labels(verdict=verdict, decided_by=decided_by)
+        for reason in Reason:
+            self.dead_letters.labels(reason=reason.value)
+        for outcome in ("ok", "throttled", "error", "rejected"):
+            self.backend_calls.labels(backend=backend, outcome=outcome)
+        self.backend_latency.labels(backend=backend)
+        for category in (*TOP_LEVEL_CATEGORIES, "other"):
+            self.labels.labels(category=category)
+        for mode in ("managed", "self_hosted"):
+            self.reviews_started.labels(mode=mode)
+        for outcome in REVIEW_OUTCOMES:
+            self.reviews_completed.labels(outcome=outcome)
 
     def count_labels(self, names: list[str]) -> None:
         """Count each top-level category once per verdict (a verdict often has parent + child)."""

@@ -124,6 +124,7 @@ class Runner:
         self._settings = settings
         self._conditions = load_conditions(settings)
         self.metrics = metrics or Metrics()
+        self.metrics.initialise(settings.backend.kind)
         self.health = Health()
         self.http_port: int | None = None
         self._next_offsets: dict[TopicPartition, int] = {}

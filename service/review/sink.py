@@ -68,6 +68,7 @@ class CompletionSink:
     def __init__(self, settings: Settings, bootstrap: str, *, partitions: int = 4) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.metrics.initialise(settings.backend.kind)
         self.health = Health(started=False)
         kafka = settings.kafka
         review = settings.review
