@@ -29,7 +29,7 @@ from service.backends.base import ModerationBackend
 from service.backends.rekognition import RekognitionBackend
 from service.capacity import ConcurrencyBudget
 from service.embedded import EmbeddedBroker
-from service.errors import Reason
+from service.errors import ConfigError, Reason
 from service.fetch import FetchPolicy, ImageFetcher
 from service.http_server import Health, HttpServer
 from service.messages import Source
@@ -89,6 +89,30 @@ async def ensure_topics(
         await admin.close()
 
 
+def make_backend(settings: Settings) -> ModerationBackend:
+    backend = settings.backend
+    if backend.kind == "rekognition":
+        return RekognitionBackend(backend)
+    try:
+        from service.backends.local import LocalModelBackend  # noqa: PLC0415  (optional extra)
+    except ImportError as exc:
+        raise ConfigError(
+            "MODERATION_BACKEND", f"'local' needs the local extra: pip install '.[local]' ({exc})"
+        ) from exc
+    local = backend.local
+    return LocalModelBackend(
+        workers=local.workers,
+        max_queue=local.max_queue,
+        models=local.models,
+        threads_per_worker=local.threads_per_worker,
+        model_paths=dict(local.model_paths) or None,
+        read_s3=local.read_s3,
+        s3_region=backend.region,
+        s3_endpoint_url=local.s3_endpoint_url,
+        s3_timeout_s=backend.call_timeout_s,
+    )
+
+
 def load_conditions(settings: Settings) -> ActivationConditions | None:
     """Parse the A2I activation conditions at start-up: invalid JSON stops the service."""
     review = settings.review
@@ -129,7 +153,7 @@ class Runner:
         self.http_port: int | None = None
         self._next_offsets: dict[TopicPartition, int] = {}
         self._policy = policy
-        self._backend: ModerationBackend = backend or RekognitionBackend(settings.backend)
+        self._backend: ModerationBackend = backend or make_backend(settings)
         self._create_partitions = create_topics_partitions
         self._tracker = OffsetTracker()
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}

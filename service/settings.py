@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -44,8 +45,21 @@ class KafkaSettings:
 
 
 @dataclass(frozen=True)
+class LocalModelSettings:
+    """The offline backend (``.[local]`` extra): models shipped in wheels, a bounded pool."""
+
+    models: tuple[str, ...] = ("opennsfw",)
+    workers: int = 2
+    threads_per_worker: int = 1
+    max_queue: int = 32
+    model_paths: tuple[tuple[str, Path], ...] = ()
+    read_s3: bool = False
+    s3_endpoint_url: str | None = None
+
+
+@dataclass(frozen=True)
 class BackendSettings:
-    kind: Literal["rekognition"]
+    kind: Literal["rekognition", "local"]
     region: str | None
     endpoint_url: str | None
     tps: float
@@ -55,6 +69,7 @@ class BackendSettings:
     call_timeout_s: float
     default_min_confidence: float
     max_in_flight_bytes: int = 256 * 1024 * 1024
+    local: LocalModelSettings = field(default_factory=LocalModelSettings)
 
 
 @dataclass(frozen=True)
@@ -350,18 +365,28 @@ class _Reader:
         )
 
     def backend(self) -> BackendSettings:
-        tps = self.number("MODERATION_TPS", 5.0, low=0.1, high=100_000)
-        # A small burst: quotas are enforced over short windows, and a full second's worth of
-        # calls at once after an idle spell is exactly what gets throttled.
-        burst = self.number("MODERATION_TPS_BURST", max(1.0, tps / 10), low=1, high=1_000_000)
         region = self.raw("AWS_REGION") or self.raw("AWS_DEFAULT_REGION")
         endpoint = self.raw("REKOGNITION_ENDPOINT_URL")
         if endpoint is not None and not endpoint.startswith(("http://", "https://")):
             raise ConfigError("REKOGNITION_ENDPOINT_URL", f"expected an http(s) URL: {endpoint!r}")
-        if region is None:
+        # Without any AWS configuration the offline model is the sensible default.
+        aws_configured = region is not None or endpoint is not None
+        kind = self.choice(
+            "MODERATION_BACKEND",
+            "rekognition" if aws_configured else "local",
+            ("rekognition", "local"),
+        )
+        if kind == "rekognition" and region is None:
             raise ConfigError("AWS_REGION", "required for the Rekognition backend (e.g. us-east-1)")
+        local = self.local_model() if kind == "local" else LocalModelSettings()
+        # The local model's capacity is this machine's cores, not an AWS quota.
+        default_tps = 5.0 if kind == "rekognition" else 50.0 * local.workers
+        tps = self.number("MODERATION_TPS", default_tps, low=0.1, high=100_000)
+        # A small burst: quotas are enforced over short windows, and a full second's worth of
+        # calls at once after an idle spell is exactly what gets throttled.
+        burst = self.number("MODERATION_TPS_BURST", max(1.0, tps / 10), low=1, high=1_000_000)
         return BackendSettings(
-            kind=self.choice("MODERATION_BACKEND", "rekognition", ("rekognition",)),  # type: ignore[arg-type]
+            kind=kind,  # type: ignore[arg-type]  # checked by choice()
             region=region,
             endpoint_url=endpoint,
             tps=tps,
@@ -373,4 +398,45 @@ class _Reader:
             max_attempts=self.integer("MODERATION_MAX_ATTEMPTS", 5, low=1, high=100),
             call_timeout_s=self.number("MODERATION_CALL_TIMEOUT_S", 30.0, low=0.1, high=600),
             default_min_confidence=self.number("MODERATION_MIN_CONFIDENCE", 50.0, low=0, high=100),
+            local=local,
+        )
+
+    def local_model(self) -> LocalModelSettings:
+        models = tuple(
+            m.strip()
+            for m in self.text("MODERATION_LOCAL_MODELS", "opennsfw").split(",")
+            if m.strip()
+        )
+        for model in models:
+            if model not in ("opennsfw", "nudenet"):
+                raise ConfigError(
+                    "MODERATION_LOCAL_MODELS", f"unknown model {model!r} (opennsfw, nudenet)"
+                )
+        paths: list[tuple[str, Path]] = []
+        for item in (self.raw("MODERATION_LOCAL_MODEL_PATHS") or "").split(","):
+            if not item.strip():
+                continue
+            name, sep, path = item.partition("=")
+            if not sep or name.strip() not in models:
+                raise ConfigError(
+                    "MODERATION_LOCAL_MODEL_PATHS", f"expected model=path, got {item!r}"
+                )
+            paths.append((name.strip(), Path(path.strip())))
+        endpoint = self.raw("MODERATION_LOCAL_S3_ENDPOINT_URL")
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise ConfigError(
+                "MODERATION_LOCAL_S3_ENDPOINT_URL", f"expected an http(s) URL: {endpoint!r}"
+            )
+        return LocalModelSettings(
+            models=models,
+            workers=self.integer(
+                "MODERATION_LOCAL_WORKERS", len(os.sched_getaffinity(0)), low=1, high=256
+            ),
+            threads_per_worker=self.integer(
+                "MODERATION_LOCAL_THREADS_PER_WORKER", 1, low=1, high=64
+            ),
+            max_queue=self.integer("MODERATION_LOCAL_MAX_QUEUE", 32, low=0, high=10_000),
+            model_paths=tuple(paths),
+            read_s3=self.boolean("MODERATION_LOCAL_READ_S3", False),
+            s3_endpoint_url=endpoint,
         )

@@ -222,7 +222,17 @@ BAD_VARIABLES: list[tuple[str, dict[str, str], str]] = [
         {"REKOGNITION_ENDPOINT_URL": "localhost:4566"},
         "REKOGNITION_ENDPOINT_URL",
     ),
-    ("unknown-backend", {"MODERATION_BACKEND": "local"}, "MODERATION_BACKEND"),
+    ("unknown-backend", {"MODERATION_BACKEND": "vision-api"}, "MODERATION_BACKEND"),
+    (
+        "unknown-local-model",
+        {"MODERATION_BACKEND": "local", "MODERATION_LOCAL_MODELS": "clip"},
+        "MODERATION_LOCAL_MODELS",
+    ),
+    (
+        "bad-model-path",
+        {"MODERATION_BACKEND": "local", "MODERATION_LOCAL_MODEL_PATHS": "opennsfw"},
+        "MODERATION_LOCAL_MODEL_PATHS",
+    ),
     ("unknown-log-level", {"LOG_LEVEL": "VERBOSE"}, "LOG_LEVEL"),
     ("unknown-log-format", {"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
     ("http-port-too-high", {"MODERATION_HTTP_PORT": "65536"}, "MODERATION_HTTP_PORT"),
@@ -246,10 +256,23 @@ def test_each_bad_variable_is_named(env: dict[str, str], variable: str) -> None:
     assert error.problem in str(error)
 
 
-def test_missing_region_is_named() -> None:
+def test_missing_region_is_named_when_rekognition_is_asked_for() -> None:
     with pytest.raises(ConfigError) as info:
-        Settings.from_env({})
+        Settings.from_env({"MODERATION_BACKEND": "rekognition"})
     assert info.value.variable == "AWS_REGION"
+
+
+def test_without_any_aws_configuration_the_local_model_is_the_default() -> None:
+    settings = Settings.from_env({})
+    assert settings.backend.kind == "local"
+    assert settings.backend.local.models == ("opennsfw",)
+    assert settings.backend.tps == 50.0 * settings.backend.local.workers
+    assert (
+        Settings.from_env(
+            {"REKOGNITION_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_REGION": "x"}
+        ).backend.kind
+        == "rekognition"
+    )
 
 
 def test_duplicate_topic_error_names_both_variables() -> None:
