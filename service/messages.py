@@ -209,7 +209,6 @@ def verdict_record(
     source: Source,
     received_at: str,
     review: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
 ) -> bytes:
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -227,8 +226,6 @@ def verdict_record(
     }
     if review is not None:
         record["review"] = review
-    if extra:
-        record.update(extra)
     return orjson.dumps(record)
 
 

@@ -29,7 +29,7 @@ class AdaptiveRateLimiter:
         *,
         min_rate: float | None = None,
         decrease_factor: float = 0.85,
-        tau_s: float = 1.0,
+        tau_s: float = 0.5,
         probe_gain: float = 0.01,
         fast_until: float = 0.97,
         clock: Callable[[], float] = time.monotonic,

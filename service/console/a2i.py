@@ -1,0 +1,229 @@
+"""A reviewer's answer in Amazon A2I's formats: ``output.json`` and the completion event.
+
+The layout and keys are A2I's own (Rekognition task type, see
+``../shared/reference/a2i-rekognition.md``), so :mod:`service.review.sink` reads console answers
+exactly like managed ones:
+
+* the object lives at
+  ``<output path>/<flow-definition-name>/YYYY/MM/DD/hh/mm/ss/<loop>/output.json`` (the loop's
+  creation time, UTC), ``<output path>`` being A2I's ``S3OutputPath`` (``s3://bucket[/prefix]``)
+  or, in the embedded setup, a directory the sink may read;
+* ``humanAnswers[0]`` carries the labels chosen (none: nothing objectionable) and who chose them:
+  ``workerId`` and ``workerMetadata.identityData`` (``identityProviderType: moderation-console``,
+  the console's issuer, the reviewer's name as ``sub``).
+
+Writing is idempotent: the same decision always produces the same bytes at the same place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aioboto3
+import orjson
+from botocore.exceptions import BotoCoreError, ClientError
+
+from service.console.settings import FlowDefinition, OutputLocation, parse_flow_definition
+from service.console.store import Item
+from service.errors import ConfigError, ServiceError
+from service.review.answers import TASK_KEY
+from service.review.events import completion_event
+from service.taxonomy import V7_LABELS
+
+IDENTITY_PROVIDER = "moderation-console"
+
+
+class DeliveryError(ServiceError):
+    """The output store or the broker failed: the decision stays in the outbox and is retried."""
+
+    retriable = True
+
+
+def iso(epoch: float) -> str:
+    moment = datetime.fromtimestamp(epoch, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def chosen_labels(names: list[str]) -> list[dict[str, str]]:
+    """The chosen v7 labels as A2I writes them (``name``, ``parentName``), in taxonomy order."""
+    wanted = set(names)
+    unknown = wanted - V7_LABELS.keys()
+    if unknown:
+        raise ValueError(f"not v7 labels: {', '.join(sorted(unknown))}")
+    return [
+        {"name": label.name, "parentName": label.parent}
+        for label in V7_LABELS.values()
+        if label.name in wanted
+    ]
+
+
+def flow_of(item: Item, default: FlowDefinition) -> FlowDefinition:
+    """The item's own flow definition (a managed loop reviewed here), else the console's."""
+    arn = (item.record.get("review") or {}).get("flow_definition_arn")
+    if isinstance(arn, str):
+        with contextlib.suppress(ConfigError):
+            return parse_flow_definition("review.flow_definition_arn", arn)
+    return default
+
+
+def input_content(item: Item, flow: FlowDefinition) -> dict[str, Any]:
+    """What the reviewer was shown, in A2I's ``inputContent`` shape (informational)."""
+    record = item.record
+    image = record.get("image") or {}
+    request_image: dict[str, Any]
+    if isinstance(image.get("s3"), dict):
+        s3 = image["s3"]
+        s3_object = {"bucket": s3.get("bucket"), "name": s3.get("key")}
+        if s3.get("version"):
+            s3_object["version"] = s3["version"]
+        request_image = {"s3Object": s3_object}
+    elif "url" in image:
+        request_image = {"url": image["url"]}
+    else:
+        request_image = {"bytes": image.get("bytes")}  # sha256 and size only: never the bytes
+    labels = [
+        {
+            "confidence": label.get("confidence"),
+            "name": label.get("name"),
+            "parentName": label.get("parent", ""),
+        }
+        for label in record.get("labels") or []
+        if isinstance(label, dict)
+    ]
+    results = (record.get("review") or {}).get("activation_results")
+    return {
+        "aiServiceRequest": {
+            "humanLoopConfig": {"flowDefinitionArn": flow.arn, "humanLoopName": item.loop_name},
+            "image": request_image,
+        },
+        "aiServiceResponse": {
+            "moderationLabels": labels,
+            "moderationModelVersion": record.get("model_version"),
+        },
+        "humanTaskActivationConditionResults": results if results is not None else {},
+        "selectedAiServiceResponse": {"moderationLabels": labels},
+    }
+
+
+def build_output(
+    item: Item,
+    *,
+    reviewer: str,
+    labels: list[dict[str, str]],
+    accepted_at: float,
+    submitted_at: float,
+    issuer: str,
+    flow: FlowDefinition,
+) -> dict[str, Any]:
+    return {
+        "awsManagedHumanLoopRequestSource": TASK_KEY,
+        "flowDefinitionArn": flow.arn,
+        "humanLoopName": item.loop_name,
+        "humanAnswers": [
+            {
+                "answerContent": {TASK_KEY: {"moderationLabels": labels}},
+                "submissionTime": iso(submitted_at),
+                "acceptanceTime": iso(accepted_at),
+                "timeSpentInSeconds": round(max(0.0, submitted_at - accepted_at), 3),
+                "workerId": reviewer,
+                "workerMetadata": {
+                    "identityData": {
+                        "identityProviderType": IDENTITY_PROVIDER,
+                        "issuer": issuer,
+                        "sub": reviewer,
+                    }
+                },
+            }
+        ],
+        "inputContent": input_content(item, flow),
+    }
+
+
+def build_event(item: Item, *, output_uri: str, submitted_at: float, flow: FlowDefinition) -> bytes:
+    return orjson.dumps(
+        completion_event(
+            loop_name=item.loop_name,
+            status="Completed",
+            output_uri=output_uri,
+            flow_definition_arn=flow.arn,
+            region=flow.region,
+            account=flow.account,
+            event_id=str(uuid.uuid4()),
+            time=iso(submitted_at),
+            created=iso(item.created_at),
+        )
+    )
+
+
+class OutputWriter:
+    """Writes ``output.json`` files to S3 (aioboto3) or a local directory."""
+
+    def __init__(
+        self, location: OutputLocation, *, region: str | None, s3_endpoint_url: str | None
+    ) -> None:
+        self._location = location
+        self._region = region
+        self._endpoint = s3_endpoint_url
+        self._stack = contextlib.AsyncExitStack()
+        self._s3: Any = None
+
+    async def start(self) -> None:
+        if self._location.kind == "s3":
+            session = aioboto3.Session()
+            self._s3 = await self._stack.enter_async_context(
+                session.client("s3", region_name=self._region, endpoint_url=self._endpoint)
+            )
+        elif self._location.directory is not None:
+            self._location.directory.mkdir(parents=True, exist_ok=True)
+
+    async def close(self) -> None:
+        self._s3 = None
+        await self._stack.aclose()
+
+    def uri_for(self, item: Item, flow: FlowDefinition) -> str:
+        created = datetime.fromtimestamp(item.created_at, UTC)
+        key = f"{flow.name}/{created:%Y/%m/%d/%H/%M/%S}/{item.loop_name}/output.json"
+        location = self._location
+        if location.kind == "s3":
+            prefix = f"{location.prefix}/" if location.prefix else ""
+            return f"s3://{location.bucket}/{prefix}{key}"
+        assert location.directory is not None
+        return (location.directory / key).as_uri()
+
+    async def write(self, uri: str, body: bytes) -> None:
+        parts = urlsplit(uri)
+        if parts.scheme == "s3":
+            await self._write_s3(parts.netloc, unquote(parts.path.lstrip("/")), body)
+        else:
+            self._write_file(Path(unquote(parts.path)), body)
+
+    async def _write_s3(self, bucket: str, key: str, body: bytes) -> None:
+        if self._s3 is None:
+            raise DeliveryError("the S3 output store is not started")
+        try:
+            await self._s3.put_object(
+                Bucket=bucket, Key=key, Body=body, ContentType="application/json"
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise DeliveryError(f"writing s3://{bucket}/{key}: {exc}") from exc
+
+    def _write_file(self, path: Path, body: bytes) -> None:
+        directory = self._location.directory
+        if directory is None or not path.resolve().is_relative_to(directory):
+            raise DeliveryError(f"{path} is outside the console's output directory")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+            with tmp.open("wb") as out:
+                out.write(body)
+                out.flush()
+                os.fsync(out.fileno())
+            tmp.replace(path)  # readers see the whole file or none of it
+        except OSError as exc:
+            raise DeliveryError(f"writing {path}: {exc.strerror}") from exc

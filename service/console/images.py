@@ -1,0 +1,115 @@
+"""The image of an item, fetched server-side for the reviewer who holds its claim.
+
+The browser only ever sees ``/items/<loop>/image`` on the console itself (CSP ``img-src 'self'``),
+never a bucket URL or a presigned link that could be forwarded:
+
+* ``{"s3": ...}``: read with the console's S3 client (``S3_ENDPOINT_URL`` applies), at most
+  15 MB (Rekognition's S3 limit);
+* ``{"url": ...}``: fetched with the pipeline's :class:`~service.fetch.ImageFetcher` and the same
+  :class:`~service.fetch.FetchPolicy` (SSRF rules, ``MODERATION_FETCH_ALLOWED_NETWORKS``), so a
+  review record cannot make the console reach inside the network either;
+* ``{"bytes": ...}``: inline images are never stored (records carry only their sha256 and size),
+  so there is nothing to show.
+
+Whatever comes back must be a JPEG or PNG by its magic bytes; the content type is set from them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import aioboto3
+from botocore.exceptions import BotoCoreError, ClientError
+
+from service.errors import InputError
+from service.fetch import FetchPolicy, ImageFetcher
+from service.images import check_image
+
+MAX_S3_IMAGE_BYTES = 15 * 1000 * 1000
+CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
+
+
+class ImageUnavailable(Exception):
+    """The image cannot be shown; ``reason`` is safe to display (no URL, no credentials)."""
+
+    def __init__(self, reason: str, *, stored: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.stored = stored  # False: inline bytes, never kept anywhere
+
+
+def image_kind(image: object) -> str:
+    if isinstance(image, dict):
+        if isinstance(image.get("s3"), dict):
+            return "s3"
+        if isinstance(image.get("url"), str):
+            return "url"
+        if "bytes" in image:
+            return "bytes"
+    return "unknown"
+
+
+class ImageSource:
+    def __init__(
+        self, policy: FetchPolicy, *, region: str | None, s3_endpoint_url: str | None
+    ) -> None:
+        self._fetcher = ImageFetcher(policy)
+        self._region = region
+        self._endpoint = s3_endpoint_url
+        self._stack = contextlib.AsyncExitStack()
+        self._s3: Any = None
+
+    async def start(self) -> None:
+        await self._fetcher.start()
+        session = aioboto3.Session()
+        self._s3 = await self._stack.enter_async_context(
+            session.client("s3", region_name=self._region, endpoint_url=self._endpoint)
+        )
+
+    async def close(self) -> None:
+        self._s3 = None
+        await self._stack.aclose()
+        await self._fetcher.close()
+
+    async def load(self, image: object) -> tuple[bytes, str]:
+        """The image bytes and their content type, or :class:`ImageUnavailable`."""
+        kind = image_kind(image)
+        assert isinstance(image, dict) or kind == "unknown"
+        if kind == "s3":
+            data = await self._load_s3(image["s3"])  # type: ignore[index]
+        elif kind == "url":
+            try:
+                data = await self._fetcher.fetch(image["url"])  # type: ignore[index]
+            except InputError as exc:
+                raise ImageUnavailable(
+                    f"the image URL could not be fetched ({exc.reason})"
+                ) from exc
+        elif kind == "bytes":
+            raise ImageUnavailable("inline image, not stored", stored=False)
+        else:
+            raise ImageUnavailable("the record has no image reference")
+        try:
+            fmt = check_image(data, MAX_S3_IMAGE_BYTES)
+        except InputError as exc:
+            raise ImageUnavailable(f"not a displayable image ({exc.reason})") from exc
+        return data, CONTENT_TYPES[fmt]
+
+    async def _load_s3(self, ref: dict[str, Any]) -> bytes:
+        if self._s3 is None:
+            raise ImageUnavailable("the S3 client is not started")
+        request: dict[str, Any] = {"Bucket": ref.get("bucket"), "Key": ref.get("key")}
+        if ref.get("version"):
+            request["VersionId"] = ref["version"]
+        try:
+            response = await self._s3.get_object(**request)
+            async with response["Body"] as body:
+                if int(response.get("ContentLength", 0)) > MAX_S3_IMAGE_BYTES:
+                    raise ImageUnavailable("the S3 object is larger than 15 MB")
+                data: bytes = await body.read()
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", "error"))
+            raise ImageUnavailable(f"the S3 object could not be read ({code})") from exc
+        except BotoCoreError as exc:
+            raise ImageUnavailable(f"S3 is unreachable ({type(exc).__name__})") from exc
+        return data

@@ -1,0 +1,157 @@
+"""The store's guarantees, run against both drivers: SQLite (a file) and PostgreSQL (a real
+server started for the session when Debian's postgresql and asyncpg are installed).
+
+Each race uses two :class:`ConsoleStore` objects on one database, the way two console processes
+(SQLite: on one host; PostgreSQL: several replicas) share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from service.console.store import ConsoleStore, Item
+from tests.console.conftest import new_database
+
+NOW = 1_800_000_000.0
+TTL = 300.0
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def two_stores(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[ConsoleStore, ConsoleStore]]:
+    if request.param == "sqlite":
+        path = tmp_path / "shared.db"
+        stores = (ConsoleStore.sqlite(path), ConsoleStore.sqlite(path))
+    else:
+        dsn = await new_database(request.getfixturevalue("postgres_server"))
+        stores = (ConsoleStore.postgresql(dsn), ConsoleStore.postgresql(dsn))
+    await asyncio.gather(*(store.open() for store in stores))
+    try:
+        yield stores
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def put(store: ConsoleStore, name: str, deadline: float = NOW + 3600) -> str:
+    record = orjson.dumps({"id": name, "review": {"human_loop_name": f"loop-{name}"}})
+    await store.upsert_item(
+        loop_name=f"loop-{name}",
+        request_id=name,
+        record=record,
+        created_at=NOW - 60,
+        deadline=deadline,
+        requeued=0,
+        now=NOW,
+    )
+    return f"loop-{name}"
+
+
+def build(item: Item, accepted: float) -> tuple[str, bytes, bytes]:
+    return f"file:///x/{item.loop_name}", b'{"output": 1}', b'{"event": 1}'
+
+
+async def test_one_claim_wins_across_two_replicas(
+    two_stores: tuple[ConsoleStore, ConsoleStore],
+) -> None:
+    a, b = two_stores
+    loop = await put(a, "contested")
+    attempts = [
+        store.claim(loop, f"reviewer-{i}-{j}", NOW, TTL)
+        for i in range(24)
+        for j, store in enumerate((a, b))
+    ]
+    results = await asyncio.gather(*attempts)
+    winners = {r.item.claimed_by for r in results if r.outcome == "claimed" and r.item}
+    assert len(winners) == 1
+    assert sum(r.outcome == "claimed" for r in results) == 1
+    assert all(r.outcome == "taken" for r in results if r.outcome != "claimed")
+
+
+async def test_claim_next_hands_each_item_to_one_reviewer(
+    two_stores: tuple[ConsoleStore, ConsoleStore],
+) -> None:
+    a, b = two_stores
+    loops = {await put(a, f"n{i}", deadline=NOW + 100 + i) for i in range(6)}
+    claimers = [(a if i % 2 else b).claim_next(f"reviewer-{i}", NOW, TTL) for i in range(10)]
+    claimed = [item.loop_name for item in await asyncio.gather(*claimers) if item]
+    assert sorted(claimed) == sorted(loops)
+
+
+async def test_one_decision_per_item_and_the_outbox(
+    two_stores: tuple[ConsoleStore, ConsoleStore],
+) -> None:
+    a, b = two_stores
+    loop = await put(a, "decide")
+    assert (await a.claim(loop, "alice", NOW, TTL)).outcome == "claimed"
+    results = await asyncio.gather(
+        a.decide(loop, "alice", [], NOW + 5, build),
+        b.decide(loop, "alice", [], NOW + 5, build),
+        b.decide(loop, "bob", [], NOW + 5, build),
+    )
+    assert sorted(r.outcome for r in results) == ["conflict", "decided", "repeat"]
+    (pending,) = await b.unpublished(NOW + 100)
+    assert (pending.loop_name, pending.reviewer, pending.accepted_at) == (loop, "alice", NOW)
+    await b.mark_published(loop, NOW + 6)
+    assert await a.unpublished(NOW + 100) == []
+    counts = await a.counts(NOW)
+    assert (counts.pending, counts.unpublished) == (0, 0)
+    (entry,) = await b.history(limit=10)
+    assert entry.decision.reviewer == "alice" and entry.record["id"] == "decide"
+
+
+async def test_redelivery_changes_nothing_and_a_requeue_renews_the_deadline(
+    two_stores: tuple[ConsoleStore, ConsoleStore],
+) -> None:
+    a, _ = two_stores
+    loop = await put(a, "again")
+    await a.claim(loop, "alice", NOW, TTL)
+    assert not await a.upsert_item(
+        loop_name=loop,
+        request_id="again",
+        record=b"{}",
+        created_at=0,
+        deadline=0,
+        requeued=0,
+        now=NOW,
+    )
+    assert await a.upsert_item(
+        loop_name=loop,
+        request_id="again",
+        record=b'{"requeued": 1}',
+        created_at=NOW,
+        deadline=NOW + 9000,
+        requeued=1,
+        now=NOW,
+    )
+    item = await a.item(loop)
+    assert item is not None
+    assert (item.deadline, item.requeued, item.claimed_by) == (NOW + 9000, 1, "alice")
+    await a.decide(loop, "alice", [], NOW, build)
+    assert not await a.upsert_item(
+        loop_name=loop,
+        request_id="again",
+        record=b"{}",
+        created_at=NOW,
+        deadline=NOW + 1,
+        requeued=2,
+        now=NOW,
+    )  # a decided item is never reopened
+    item = await a.item(loop)
+    assert item is not None and item.status == "decided"
+
+
+async def test_sessions_expire(two_stores: tuple[ConsoleStore, ConsoleStore]) -> None:
+    a, b = two_stores
+    await a.create_session("h1", "alice", "csrf", NOW, 60)
+    session = await b.session("h1", NOW + 59)
+    assert session is not None and session.username == "alice"
+    assert await b.session("h1", NOW + 61) is None
+    await b.delete_session("h1")
+    assert await a.session("h1", NOW) is None
