@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 import yaml
+from helm_python.errors import HelmValuesError
 
 helm = pytest.importorskip(
     "helm_python", reason="helm-python-sdk is not installed (pip install helm-python-sdk==0.2.2)"
@@ -46,6 +47,7 @@ NOT_IN_CONFIGMAP = {
     "MODERATION_ACTIVATION_CONDITIONS": "the chart mounts a file (…_CONDITIONS_FILE) instead",
     "MODERATION_REVIEW_LOCAL_STORE": "local runs without A2I only",
     "SINK_PRODUCER_MAX_BATCH_SIZE": "a test knob for the embedded broker",
+    "MODERATION_LOCAL_MODEL_PATHS": "other model files need a custom image; set it via extraEnv",
 }
 
 
@@ -370,7 +372,9 @@ def test_configmap_sets_every_variable_the_service_reads(chart: Any) -> None:
     )
     assert "KAFKA_BOOTSTRAP_SERVERS" in read
     assert "MODERATION_TPS" in read
+    # Rekognition and the local model are alternatives: between them the CI values set all.
     env = env_data(render(chart, ci_values(CHART / "ci" / "all-features-values.yaml")))
+    env |= env_data(render(chart, ci_values(CHART / "ci" / "local-backend-values.yaml")))
     assert set(env) <= read, f"the chart sets variables the service ignores: {set(env) - read}"
     missing = read - set(env) - set(NOT_IN_CONFIGMAP)
     assert not missing, (
@@ -503,3 +507,14 @@ def test_schema_covers_every_value() -> None:
         if match and not has_children:  # a leaf value: documented just above
             above = [text.strip() for text in lines[max(0, i - 8) : i]]
             assert any(text.startswith("# --") for text in above), f"undocumented: {line}"
+
+
+def test_the_local_backend_gets_its_own_settings_and_no_quota_split(chart: Any) -> None:
+    env = env_data(render(chart, {"backend": "local", "localModel": {"tps": 120, "workers": 4}}))
+    assert env["MODERATION_BACKEND"] == "local"
+    assert env["MODERATION_TPS"] == "120"
+    assert env["MODERATION_LOCAL_WORKERS"] == "4"
+    assert env["MODERATION_LOCAL_MODELS"] == "opennsfw"
+    assert "REKOGNITION_ENDPOINT_URL" not in env
+    with pytest.raises(HelmValuesError, match="localModel"):
+        render(chart, {"localModel": {"models": ["clip"]}})
