@@ -142,7 +142,6 @@ class Runner:
         policy: RoutingPolicy,
         *,
         backend: ModerationBackend | None = None,
-        create_topics_partitions: int | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
@@ -154,7 +153,6 @@ class Runner:
         self._next_offsets: dict[TopicPartition, int] = {}
         self._policy = policy
         self._backend: ModerationBackend = backend or make_backend(settings)
-        self._create_partitions = create_topics_partitions
         self._tracker = OffsetTracker()
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._task_bytes: dict[asyncio.Task[None], int] = {}
@@ -170,17 +168,12 @@ class Runner:
         kafka = settings.kafka
         async with contextlib.AsyncExitStack() as stack:
             bootstrap = kafka.bootstrap_servers
-            partitions = self._create_partitions
-            if bootstrap is None:
+            if bootstrap is None:  # local runs: our own broker, so our own topics too
                 broker = EmbeddedBroker()
                 await broker.start()
                 stack.push_async_callback(broker.stop)
                 bootstrap = broker.bootstrap_servers
-                partitions = partitions or 4
-            if partitions:
-                await ensure_topics(
-                    kafka, bootstrap, partitions, (settings.review.completions_topic,)
-                )
+                await ensure_topics(kafka, bootstrap, 4, (settings.review.completions_topic,))
 
             http = HttpServer(self.metrics, self.health, settings.http_host, settings.http_port)
             await http.start()

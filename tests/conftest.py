@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from service.embedded import EmbeddedBroker
+from service.embedded import EmbeddedBroker, free_port
 from tests.fakes.rekognition import FakeRekognition
 from tests.kafka_helpers import Topics
 
@@ -40,6 +40,20 @@ async def kafka_bootstrap() -> AsyncIterator[str]:
 @pytest.fixture
 def topics() -> Topics:
     return Topics.unique(uuid.uuid4().hex[:10])
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[str]:
+    """A real S3-protocol server (moto) on loopback, for output.json files and image objects."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 
 from service.console.app import Console
 from service.console.store import ConsoleStore
@@ -35,6 +34,7 @@ from tests.console.harness import (
     url_of,
 )
 from tests.images import solid_png
+from tests.servers import serve_images
 
 OUTPUT_KEYS = {
     "awsManagedHumanLoopRequestSource",
@@ -90,22 +90,8 @@ async def console(
 
 @pytest.fixture
 async def image_server() -> AsyncIterator[str]:
-    app = web.Application()
-    png = solid_png(120, 90, (30, 120, 200))
-
-    async def image(_: web.Request) -> web.Response:
-        return web.Response(body=png, content_type="image/png")
-
-    app.router.add_get("/cat.png", image)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_images({"/cat.png": solid_png(120, 90, (30, 120, 200))}) as origin:
+        yield origin
 
 
 async def test_queue_is_ordered_by_deadline_and_shows_why(

@@ -17,22 +17,24 @@ import contextlib
 import importlib.util
 import os
 import shutil
-import signal
 import struct
 import sys
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from asyncio.subprocess import Process
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 
 from service.embedded import free_port
 from tests.console.harness import PASSWORD, review_record, users_file
 from tests.kafka_helpers import Topics, collect, create_topics, produce
+from tests.processes import running_process
+from tests.servers import serve_images
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -82,55 +84,16 @@ def picture(width: int = 480, height: int = 320) -> bytes:
     )
 
 
-@pytest.fixture(scope="module")
-def moto_s3() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 async def image_server() -> AsyncIterator[str]:
-    app = web.Application()
-    body = picture()
-
-    async def image(_: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="image/png")
-
-    app.router.add_get("/uploads/beach.png", image)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_images({"/uploads/beach.png": picture()}) as origin:
+        yield origin
 
 
-@contextlib.asynccontextmanager
-async def process(
+def process(
     args: list[str], env: dict[str, str], log: Path
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    with log.open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(*args, env=env, stdout=out, stderr=out)
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+) -> AbstractAsyncContextManager[Process]:
+    return running_process(args, env, log)
 
 
 async def wait_ready(url: str, proc: asyncio.subprocess.Process, log: Path) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import jsonschema
 import orjson
 import pytest
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession
 
 from service.policy import Thresholds, load_policy
 from service.runner import Runner
@@ -27,6 +27,7 @@ from tests.kafka_helpers import (
     request,
 )
 from tests.processes import local_settings
+from tests.servers import serve_images
 
 pytestmark = pytest.mark.kafka
 
@@ -72,27 +73,7 @@ async def running(settings: Settings) -> AsyncIterator[Runner]:
         await asyncio.wait_for(task, 30)
 
 
-@contextlib.asynccontextmanager
-async def image_server(routes: Mapping[str, bytes]) -> AsyncIterator[str]:
-    """A local origin for URL references (loopback is allow-listed in these settings)."""
-
-    async def serve(req: web.Request) -> web.Response:
-        body = routes.get(req.path)
-        if body is None:
-            return web.Response(status=404)
-        return web.Response(body=body, content_type="image/png")
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+image_server = serve_images  # a local origin for URL references
 
 
 async def http_probes(port: int | None) -> dict[str, tuple[int, str]]:

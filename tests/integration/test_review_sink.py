@@ -10,7 +10,6 @@ import sys
 import uuid
 from asyncio.subprocess import Process
 from collections import Counter
-from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +18,6 @@ import aioboto3
 import orjson
 import pytest
 
-from service.embedded import free_port
 from service.review.events import completion_event
 from tests.kafka_helpers import Topics, collect, create_topics, produce
 from tests.processes import local_settings, process_env, running_process
@@ -29,19 +27,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 BUCKET = "a2i-output"
 FLOW = "arn:aws:sagemaker:us-east-1:000000000000:flow-definition/moderation"
 TASK = "AWS/Rekognition/DetectModerationLabels/Image/V3"
-
-
-@pytest.fixture(scope="module")
-def moto_s3() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 def iso(moment: datetime) -> str:

@@ -13,9 +13,8 @@ import importlib.metadata
 import importlib.util
 import io
 import shutil
-import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from service.backends.local import (
     opennsfw_scores,
     rekognition_labels,
 )
+from service.embedded import free_port
 from service.errors import BackendError, ConfigError, InputError, Reason
 from service.messages import Label, S3Image
 from service.taxonomy import V7_LABELS
@@ -488,26 +488,6 @@ async def test_model_path_override(tmp_path: Path) -> None:
 BUCKET = "local-model-images"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def moto_s3() -> Iterator[str]:
-    pytest.importorskip("moto", reason="moto[server] (dev extra) is not installed")
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="module")
 async def s3_backend(moto_s3: str) -> AsyncIterator[LocalModelBackend]:
     import aioboto3
@@ -564,7 +544,7 @@ async def test_s3_outage_is_a_retriable_backend_error() -> None:
         max_queue=0,
         read_s3=True,
         s3_region="us-east-1",
-        s3_endpoint_url=f"http://127.0.0.1:{_free_port()}",  # nothing listens there
+        s3_endpoint_url=f"http://127.0.0.1:{free_port()}",  # nothing listens there
         s3_timeout_s=2.0,
     )
     await backend.start()
