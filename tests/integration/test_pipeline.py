@@ -427,3 +427,50 @@ async def test_self_hosted_activation_conditions_route_and_report_like_a2i(
     assert details["activation_results"]["Conditions"][0]["EvaluationResult"] is True
     assert details["activation_reasons"] == ["Alcohol confidence 60.0 > 55"]
     assert by_id["sober"][0] == topics.approved
+
+
+def consumed(runner: Runner) -> float:
+    return runner.metrics.registry.get_sample_value("moderation_messages_consumed_total") or 0.0
+
+
+async def test_rebalances_lose_nothing_and_commit_only_finished_work(
+    kafka_bootstrap: str, topics: Topics, fake_rekognition: FakeRekognition
+) -> None:
+    """A second replica joins mid-run and the first leaves mid-run: two rebalances with work in
+    flight. Every request still ends in its topic and every offset is committed."""
+    fake_rekognition.set_latency(0.05, 0.02)
+    fake_rekognition.set_object("bucket", "ok.jpg", labels=[])
+    count = 300
+    await create_topics(kafka_bootstrap, [topics.input, *topics.outputs.values()], 4)
+    await produce(
+        kafka_bootstrap,
+        topics.input,
+        [
+            (None, request(f"rb{i}", {"s3": {"bucket": "bucket", "key": "ok.jpg"}}), [])
+            for i in range(count)
+        ],
+    )
+    settings = make_settings(
+        kafka_bootstrap,
+        topics,
+        fake_rekognition,
+        MODERATION_TPS="60",
+        MODERATION_MAX_IN_FLIGHT="16",
+    )
+    outputs = list(topics.outputs.values())
+    async with running(settings) as first:
+        while consumed(first) < 60:
+            await asyncio.sleep(0.1)
+        async with running(settings) as second:
+            while consumed(second) < 30:
+                await asyncio.sleep(0.1)
+        # The second replica left with work in flight; the first takes its partitions back.
+        out = await collect(kafka_bootstrap, outputs, count, timeout_s=90)
+        seen = {orjson.loads(r.value)["id"] for r in out}
+        while len(seen) < count:
+            out = await collect(kafka_bootstrap, outputs, 10**9, timeout_s=3)
+            seen = {orjson.loads(r.value)["id"] for r in out}
+    assert seen == {f"rb{i}" for i in range(count)}
+    assert {r.topic for r in out} == {topics.approved}
+    offsets = await committed(kafka_bootstrap, topics.group, topics.input, 4)
+    assert sum(offsets.values()) == count
