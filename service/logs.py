@@ -43,5 +43,7 @@ def configure(level: str, fmt: Literal["json", "text"]) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # aiokafka logs every rebalance step at INFO; keep it to warnings unless debugging.
+    # faust and mode narrate every start-up and recovery step at INFO.
     if level != "DEBUG":
-        logging.getLogger("aiokafka").setLevel(logging.WARNING)
+        for noisy in ("aiokafka", "faust", "mode"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -445,5 +446,13 @@ def run_sink(settings: Settings) -> None:
             "KAFKA_BOOTSTRAP_SERVERS", "required for the sink (it joins an existing broker)"
         )
     sink = CompletionSink(settings, settings.kafka.bootstrap_servers)
-    worker = faust.Worker(sink.app, loglevel=settings.log_level.lower(), override_logging=False)
+    worker = faust.Worker(
+        sink.app,
+        loglevel=settings.log_level.lower(),
+        override_logging=False,  # keep our JSON logs
+        quiet=True,
+        redirect_stdouts=False,
+        stdout=sys.stderr,
+    )
+    worker.spinner = None  # it writes terminal control codes even into log files
     worker.execute_from_commandline()
