@@ -32,9 +32,9 @@ from pathlib import Path
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.embedded import EmbeddedBroker, free_port
+from tests.kafka_helpers import create_topics as create_topics_with
 from tests.processes import running_process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,12 +115,7 @@ async def fake_control(stack: Stack, path: str, body: dict[str, object] | None =
 
 
 async def create_topics(bootstrap: str, names: Sequence[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
-    finally:
-        await admin.close()
+    await create_topics_with(bootstrap, list(names), PARTITIONS)
 
 
 def request_value(stack: Stack, key: str) -> bytes:

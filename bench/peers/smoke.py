@@ -27,10 +27,10 @@ from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.embedded import EmbeddedBroker
 from tests.fakes.rekognition import LABEL_MARKER, FakeRekognition
+from tests.kafka_helpers import create_topics as create_topics_with
 
 ROOT = Path(__file__).resolve().parents[2]
 PEERS = ("sequential", "faust_agent", "raw_loop")
@@ -93,12 +93,7 @@ def request(i: int) -> tuple[str, bytes, str]:
 
 
 async def create_topics(bootstrap: str, names: Sequence[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
-    finally:
-        await admin.close()
+    await create_topics_with(bootstrap, list(names), PARTITIONS)
 
 
 async def produce(bootstrap: str, topic: str, count: int) -> dict[str, str]:
