@@ -124,13 +124,13 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
-        return _Reader(env).settings()
+        return EnvReader(env).settings()
 
 
 MIB = 1024 * 1024
 
 
-class _Reader:
+class EnvReader:
     """Reads typed values out of an environment mapping; each error names its variable."""
 
     def __init__(self, env: Mapping[str, str]) -> None:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from service.console.users import UserFileError, load_users
 from service.errors import ConfigError
-from service.settings import IpNetwork, Settings, _Reader
+from service.settings import EnvReader, IpNetwork, Settings
 
 _FLOW_DEFINITION_ARN = re.compile(
     r"arn:aws[a-z\-]*:sagemaker:(?P<region>[a-z0-9\-]+):(?P<account>[0-9]{12}):"
@@ -93,7 +93,7 @@ def parse_flow_definition(variable: str, arn: str) -> FlowDefinition:
     )
 
 
-class _ConsoleReader(_Reader):
+class _ConsoleReader(EnvReader):
     def console(self, base: Settings) -> ConsoleSettings:
         port = self.integer("MODERATION_CONSOLE_PORT", 8090, low=0, high=65535)
         public_url = self.public_url(port)
