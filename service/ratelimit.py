@@ -8,9 +8,10 @@ Pacing is a GCRA token bucket: each caller reserves the next free slot and sleep
   answers to calls sent at the old rate say nothing new, so one burst of throttles counts once.
 * Below ``w_max`` the rate climbs back quickly (exponentially, time constant ``tau_s``), since
   the quota was known to allow nearly that much a moment ago.
-* Near and above ``w_max`` it probes gently, faster the longer no throttle arrives, up to the
-  configured rate; so a quota that came back is found again in seconds, and a quota that did
-  not is touched only briefly.
+* Near and above ``w_max`` it probes, its speed growing with the cube of the time since probing
+  began (like CUBIC's convex phase), up to the configured rate: it barely moves for the first
+  second or two, where an unchanged quota would be crossed again, and climbs from half the rate
+  to all of it in about four seconds when the quota came back (docs/benchmarks.md, storm).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class AdaptiveRateLimiter:
         min_rate: float | None = None,
         decrease_factor: float = 0.85,
         tau_s: float = 0.5,
-        probe_gain: float = 0.01,
+        probe_gain: float = 0.008,
         fast_until: float = 0.97,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -78,12 +79,12 @@ class AdaptiveRateLimiter:
                 continue
             if self._probing_since is None:
                 self._probing_since = now - dt
-            # Probing speed grows linearly with time: integrate gain * t over the step.
+            # Probing speed grows with the cube of time: integrate gain * t**3 over the step.
             p1 = now - self._probing_since
             p0 = p1 - dt
             self._rate = min(
                 self.max_rate,
-                self._rate + self.max_rate * self.probe_gain * (p1 * p1 - p0 * p0) / 2,
+                self._rate + self.max_rate * self.probe_gain * (p1**4 - p0**4) / 4,
             )
             return
 

@@ -243,6 +243,19 @@ def test_recovery_climbs_back_to_max_over_time() -> None:
     assert max(history) == 10.0  # and never beyond it
 
 
+def test_probing_is_gentle_at_the_last_ceiling_and_fast_far_beyond_it() -> None:
+    clock = FakeClock()
+    lim = limiter(100, 1, clock, decrease_factor=0.5)
+    throttle_now(lim, clock)
+    throttle_now(lim, clock)  # 100 -> 50 -> 25, last ceiling seen 50
+    while lim.rate < 0.97 * 50:  # the quick climb back
+        clock.advance(0.01)
+    clock.advance(1.0)
+    assert lim.rate <= 50 + 1.0  # a second later: within 1 % of the max above the ceiling
+    clock.advance(4.0)
+    assert lim.rate == 100  # the quota came back: all of it again within seconds
+
+
 def test_reservations_follow_the_recovered_rate() -> None:
     clock = FakeClock()
     lim = limiter(10, 1, clock, decrease_factor=0.5)
