@@ -98,7 +98,7 @@ HEADER = (
 )
 
 
-def threaded(workers: int, duration: float, step: Callable[[int], None]) -> float:
+def threaded(workers: int, duration: float, step: Callable[[int], object]) -> float:
     """Images/s of ``workers`` threads each calling ``step(i)`` with i = 0, 1, 2, ... ."""
     counts = [0] * workers
     stop = threading.Event()

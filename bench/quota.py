@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -104,7 +105,9 @@ def sdk_env() -> dict[str, str]:
     return env
 
 
-async def fake_control(stack: Stack, path: str, body: dict[str, object] | None = None) -> dict:
+async def fake_control(
+    stack: Stack, path: str, body: dict[str, object] | None = None
+) -> dict[str, Any]:
     async with aiohttp.ClientSession() as session:
         if body is None:
             async with session.get(f"{stack.fake_url}{path}") as response:

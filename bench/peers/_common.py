@@ -9,12 +9,13 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aioboto3
 import orjson
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from botocore.config import Config
 
 REJECT_THRESHOLD = 80.0
@@ -160,6 +161,41 @@ class ReadyOnAssignment(ConsumerRebalanceListener):  # type: ignore[misc]
         if assigned and not self._announced:
             self._announced = True
             announce_ready()
+
+
+@contextlib.asynccontextmanager
+async def plain_clients(
+    args: PeerArgs, pool: int
+) -> AsyncIterator[tuple[AIOKafkaConsumer, AIOKafkaProducer, Any]]:
+    """The hand-written peers' setup: a manual-commit consumer subscribed to the input (announcing
+    ``ready`` on assignment), a producer, and a Rekognition client with ``pool`` connections;
+    started in order and stopped in reverse."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=args.bootstrap,
+        group_id=args.group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+    )
+    consumer.subscribe([args.input], listener=ReadyOnAssignment())
+    # Tansu refuses idempotent producers (InitProducerId), so idempotence stays off.
+    producer = AIOKafkaProducer(
+        bootstrap_servers=args.bootstrap, acks="all", enable_idempotence=False
+    )
+    session = aioboto3.Session()
+    async with session.client(
+        "rekognition", region_name=region(), endpoint_url=args.endpoint, config=boto_config(pool)
+    ) as client:
+        await producer.start()
+        try:
+            await consumer.start()
+            try:
+                yield consumer, producer, client
+            finally:
+                await consumer.stop()
+        finally:
+            await producer.stop()
 
 
 async def serve(loop: Callable[[asyncio.Event], Awaitable[None]]) -> None:

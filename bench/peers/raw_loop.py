@@ -11,64 +11,24 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-import aioboto3
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
-from bench.peers._common import (
-    HEARTBEAT_INTERVAL_MS,
-    SESSION_TIMEOUT_MS,
-    PeerArgs,
-    ReadyOnAssignment,
-    boto_config,
-    encode_verdict,
-    moderate,
-    parse_args,
-    region,
-    serve,
-)
+from bench.peers._common import PeerArgs, encode_verdict, moderate, parse_args, plain_clients, serve
 
 
 async def run(args: PeerArgs, stop: asyncio.Event) -> None:
     """Batch loop until ``stop``; a batch is committed after all its verdicts were acknowledged."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=args.bootstrap,
-        group_id=args.group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        session_timeout_ms=SESSION_TIMEOUT_MS,
-        heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-    )
-    consumer.subscribe([args.input], listener=ReadyOnAssignment())
-    producer = AIOKafkaProducer(
-        bootstrap_servers=args.bootstrap, acks="all", enable_idempotence=False
-    )
-    session = aioboto3.Session()
-    async with session.client(
-        "rekognition",
-        region_name=region(),
-        endpoint_url=args.endpoint,
-        config=boto_config(args.concurrency),
-    ) as client:
-        await producer.start()
-        try:
-            await consumer.start()
-            try:
-                while not stop.is_set():
-                    batch = await consumer.getmany(timeout_ms=200, max_records=args.concurrency)
-                    records = [record for part in batch.values() for record in part]
-                    if not records:
-                        continue
-                    outcomes = await asyncio.gather(*(moderate(client, r.value) for r in records))
-                    acks = []
-                    for rid, outcome in outcomes:
-                        key, value = encode_verdict(rid, outcome)
-                        acks.append(await producer.send(args.output, value, key=key))
-                    await asyncio.gather(*acks)
-                    await consumer.commit({tp: part[-1].offset + 1 for tp, part in batch.items()})
-            finally:
-                await consumer.stop()
-        finally:
-            await producer.stop()
+    async with plain_clients(args, pool=args.concurrency) as (consumer, producer, client):
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=200, max_records=args.concurrency)
+            records = [record for part in batch.values() for record in part]
+            if not records:
+                continue
+            outcomes = await asyncio.gather(*(moderate(client, r.value) for r in records))
+            acks = []
+            for rid, outcome in outcomes:
+                key, value = encode_verdict(rid, outcome)
+                acks.append(await producer.send(args.output, value, key=key))
+            await asyncio.gather(*acks)
+            await consumer.commit({tp: part[-1].offset + 1 for tp, part in batch.items()})
 
 
 def main(argv: Sequence[str] | None = None) -> None:
