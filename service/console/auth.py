@@ -23,7 +23,6 @@ import hashlib
 import hmac
 import logging
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -41,6 +40,7 @@ LOGIN_COOKIE = "moderation_console_login"
 LOGIN_TOKEN_TTL_S = 3600
 MAX_FAILURES = 5
 LOCKOUT_S = 60.0
+FAILURES_FORGOTTEN_S = 900.0  # a run of failed logins older than this no longer counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +71,6 @@ class Auth:
         self._store = store
         self._metrics = metrics
         self._clock = clock
-        self._failures: dict[str, tuple[int, float]] = {}
         self._dummy_hash: str | None = None
         self.cookie_name = (
             "__Host-moderation_console_session"
@@ -104,9 +103,11 @@ class Auth:
     async def check_password(
         self, username: str, password: str
     ) -> Literal["ok", "failed", "locked"]:
-        now = time.monotonic()
-        failures, locked_until = self._failures.get(username, (0, 0.0))
-        if locked_until > now:
+        """Verify a password; MAX_FAILURES failures in a row lock the name for LOCKOUT_S.
+
+        The count lives in the store, so every replica sees the same lockout."""
+        now = self._clock()
+        if await self._store.login_locked_until(username, now) is not None:
             self._metrics.console_logins.labels(outcome="locked").inc()
             return "locked"
         encoded = self._settings.users.get(username)
@@ -116,15 +117,15 @@ class Auth:
             encoded = self._dummy_hash  # the same work as a real check: no user enumeration
         ok = await asyncio.to_thread(verify_password, password, encoded)
         if ok and username in self._settings.users:
-            self._failures.pop(username, None)
+            await self._store.clear_login_failures(username)
             self._metrics.console_logins.labels(outcome="ok").inc()
             return "ok"
-        failures += 1
-        if len(self._failures) > 10_000:
-            self._failures.clear()  # bounded memory under a spray of names
-        self._failures[username] = (
-            failures,
-            now + LOCKOUT_S if failures >= MAX_FAILURES else 0.0,
+        failures, _ = await self._store.record_login_failure(
+            username,
+            now,
+            max_failures=MAX_FAILURES,
+            lockout_s=LOCKOUT_S,
+            forget_s=FAILURES_FORGOTTEN_S,
         )
         self._metrics.console_logins.labels(outcome="failed").inc()
         log.warning("failed login for a user name (%d in a row)", failures)

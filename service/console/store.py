@@ -77,6 +77,14 @@ SCHEMA = (
         created_at DOUBLE PRECISION NOT NULL,
         expires_at DOUBLE PRECISION NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS console_login_failures (
+        username TEXT PRIMARY KEY,
+        failures INTEGER NOT NULL,
+        locked_until DOUBLE PRECISION NOT NULL,
+        last_failure DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS console_login_failures_time"
+    " ON console_login_failures (last_failure)",
 )
 
 _ITEM_COLUMNS = (
@@ -722,6 +730,59 @@ class ConsoleStore:
     async def delete_session(self, id_hash: str) -> None:
         async with self._db.transaction() as tx:
             await tx.execute("DELETE FROM console_sessions WHERE id_hash = ?", id_hash)
+
+    # -- login failures (shared, so a guesser gets the same few tries however many replicas) --
+
+    async def login_locked_until(self, username: str, now: float) -> float | None:
+        """When ``username``'s lockout ends, if it is locked out at ``now``."""
+        async with self._db.transaction() as tx:
+            rows = await tx.fetch(
+                "SELECT locked_until FROM console_login_failures"
+                " WHERE username = ? AND locked_until > ?",
+                username,
+                float(now),
+            )
+        return float(rows[0][0]) if rows else None
+
+    async def record_login_failure(
+        self, username: str, now: float, *, max_failures: int, lockout_s: float, forget_s: float
+    ) -> tuple[int, float]:
+        """Count one more failure in a row: (failures, locked until; 0 if not locked).
+
+        One atomic upsert, so failures from several replicas at once all count. From
+        ``max_failures`` on, each failure locks the name for ``lockout_s``; a run of failures
+        older than ``forget_s`` is forgotten (which also bounds the table under a spray of names).
+        """
+        async with self._db.transaction() as tx:
+            await tx.execute(
+                "DELETE FROM console_login_failures WHERE last_failure <= ? AND locked_until <= ?",
+                float(now - forget_s),
+                float(now),
+            )
+            await tx.execute(
+                "INSERT INTO console_login_failures"
+                " (username, failures, locked_until, last_failure) VALUES (?, 1, ?, ?)"
+                " ON CONFLICT (username) DO UPDATE SET"
+                " failures = console_login_failures.failures + 1,"
+                " locked_until = CASE WHEN console_login_failures.failures + 1 >= ?"
+                " THEN CAST(? AS DOUBLE PRECISION) ELSE CAST(0 AS DOUBLE PRECISION) END,"
+                " last_failure = ?",
+                username,
+                float(now + lockout_s) if max_failures <= 1 else 0.0,
+                float(now),
+                int(max_failures),
+                float(now + lockout_s),
+                float(now),
+            )
+            rows = await tx.fetch(
+                "SELECT failures, locked_until FROM console_login_failures WHERE username = ?",
+                username,
+            )
+        return int(rows[0][0]), float(rows[0][1])
+
+    async def clear_login_failures(self, username: str) -> None:
+        async with self._db.transaction() as tx:
+            await tx.execute("DELETE FROM console_login_failures WHERE username = ?", username)
 
 
 def open_store(kind: str, *, path: Path | None, dsn: str | None) -> ConsoleStore:

@@ -311,6 +311,30 @@ async def test_login_cookie_flags_headers_and_wrong_passwords(console: Console) 
         await wrong.close()
 
 
+async def test_a_lockout_holds_on_every_replica_and_ends_after_a_minute(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    env = base_env(tmp_path)  # two console processes sharing one store
+    async with (
+        running_console(env, clock=clock) as first,
+        running_console(env, clock=clock) as second,
+    ):
+        at_first = Reviewer(url_of(first), "bob")
+        at_second = Reviewer(url_of(second), "bob")
+        try:
+            for reviewer in (at_first, at_second, at_first, at_second, at_first):
+                assert (await reviewer.login_response("not the password")).status == 401
+            response = await at_second.login_response()  # right password, other replica
+            assert response.status == 401 and "Too many" in await response.text()
+            clock.advance(61)
+            response = await at_second.login_response()
+            assert response.status == 303
+            response.release()
+        finally:
+            await at_first.close()
+            await at_second.close()
+
+
 async def test_login_only_returns_to_local_paths(console: Console) -> None:
     for target, expected in (
         ("/history", "/history"),

@@ -155,3 +155,42 @@ async def test_sessions_expire(two_stores: tuple[ConsoleStore, ConsoleStore]) ->
     assert await b.session("h1", NOW + 61) is None
     await b.delete_session("h1")
     assert await a.session("h1", NOW) is None
+
+
+async def test_login_failures_are_counted_across_replicas_and_lock_the_name(
+    two_stores: tuple[ConsoleStore, ConsoleStore],
+) -> None:
+    a, b = two_stores
+
+    async def fail(store: ConsoleStore, now: float = NOW) -> tuple[int, float]:
+        return await store.record_login_failure(
+            "bob", now, max_failures=5, lockout_s=60, forget_s=900
+        )
+
+    # Failures arriving at both replicas at once all count: the upsert is atomic.
+    counts = await asyncio.gather(*(fail(store) for store in (a, b, a, b)))
+    assert sorted(failures for failures, _ in counts) == [1, 2, 3, 4]
+    assert all(locked == 0 for _, locked in counts)
+    assert await a.login_locked_until("bob", NOW) is None
+    assert await fail(b) == (5, NOW + 60)  # the fifth in a row locks, whichever replica saw it
+    assert await a.login_locked_until("bob", NOW + 59) == NOW + 60
+    assert await a.login_locked_until("alice", NOW) is None  # per name
+    assert await b.login_locked_until("bob", NOW + 60) is None  # the lockout ends
+    assert await fail(a, NOW + 61) == (6, NOW + 121)  # but the run goes on: one more relocks
+    await b.clear_login_failures("bob")  # a successful login ends the run
+    assert await fail(a, NOW + 62) == (1, 0.0)
+
+
+async def test_an_old_run_of_login_failures_is_forgotten(
+    two_stores: tuple[ConsoleStore, ConsoleStore],
+) -> None:
+    a, b = two_stores
+    for _ in range(4):
+        await a.record_login_failure("bob", NOW, max_failures=5, lockout_s=60, forget_s=900)
+    later = NOW + 901
+    assert await b.record_login_failure(
+        "carol", later, max_failures=5, lockout_s=60, forget_s=900
+    ) == (1, 0.0)  # any failure prunes runs older than forget_s, so the table stays small
+    assert await b.record_login_failure(
+        "bob", later, max_failures=5, lockout_s=60, forget_s=900
+    ) == (1, 0.0)
