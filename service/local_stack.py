@@ -104,6 +104,8 @@ def _child_env(settings: Settings, bootstrap: str, state: Path) -> dict[str, str
         "MODERATION_HTTP_HOST": "127.0.0.1",
         "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text"),
     }
+    # The banner prints the admin password: only this machine reaches the console by default.
+    env.setdefault("MODERATION_CONSOLE_HOST", "127.0.0.1")
     env.setdefault("MODERATION_CONSOLE_SECRET", secrets.token_urlsafe(32))
     env.setdefault("MODERATION_CONSOLE_DATABASE", f"sqlite:///{state / 'console.db'}")
     env.setdefault("MODERATION_CONSOLE_USERS_FILE", str(state / "users.txt"))

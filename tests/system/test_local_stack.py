@@ -68,6 +68,11 @@ async def test_local_stack_moderates_published_images_and_stops_cleanly(tmp_path
         banner = "".join(lines)
         assert "backend: local" in banner
         assert "review console: http://127.0.0.1:" in banner
+        console_line = next((line for line in lines if "review console on " in line), None)
+        if console_line is None:
+            console_line = (await wait_for_line(stack.stdout, "review console on ", 60))[-1]
+        # Only this machine can reach it: the banner prints the admin password.
+        assert "review console on 127.0.0.1:" in console_line
         photo = tmp_path / "photo.jpg"
         photo_like_jpeg(photo)
         text = tmp_path / "notes.txt"
