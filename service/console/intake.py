@@ -82,6 +82,19 @@ def parse_review(value: bytes | None, *, sla_s: float, now: float) -> ReviewItem
     )
 
 
+async def store_review(store: ConsoleStore, item: ReviewItem, record: bytes, now: float) -> bool:
+    """Add or refresh the queue item of a parsed review record; whether anything changed."""
+    return await store.upsert_item(
+        loop_name=item.loop_name,
+        request_id=item.request_id,
+        record=record,
+        created_at=item.created_at,
+        deadline=item.deadline,
+        requeued=item.requeued,
+        now=now,
+    )
+
+
 class Intake:
     def __init__(
         self,
@@ -119,15 +132,7 @@ class Intake:
                 outcome = "skipped_managed"
             else:
                 assert value is not None
-                changed = await self._store.upsert_item(
-                    loop_name=item.loop_name,
-                    request_id=item.request_id,
-                    record=value,
-                    created_at=item.created_at,
-                    deadline=item.deadline,
-                    requeued=item.requeued,
-                    now=self._clock(),
-                )
+                changed = await store_review(self._store, item, value, self._clock())
                 outcome = "stored" if changed else "unchanged"
         self._metrics.console_intake.labels(outcome=outcome).inc()
         return outcome

@@ -177,18 +177,9 @@ async def add_item(console: Console, clock: FakeClock, request_id: str, **kwargs
     kwargs.setdefault("deadline", clock() + 3600)
     loop, value = review_record(request_id, **kwargs)
     assert console.intake is None
-    from service.console.intake import parse_review
+    from service.console.intake import parse_review, store_review
 
-    item = parse_review(value, sla_s=3600, now=clock())
-    await console.store.upsert_item(
-        loop_name=item.loop_name,
-        request_id=item.request_id,
-        record=value,
-        created_at=item.created_at,
-        deadline=item.deadline,
-        requeued=item.requeued,
-        now=clock(),
-    )
+    await store_review(console.store, parse_review(value, sla_s=3600, now=clock()), value, clock())
     return loop
 
 

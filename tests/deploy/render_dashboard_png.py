@@ -257,20 +257,10 @@ def render(dashboard: dict, series: dict, start: float, end: float, output: Path
             ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _, u=suffix: f"{y:g}{u}"))
         handles, _ = ax.get_legend_handles_labels()
         drawn = [line for line in ax.get_lines() if any(y == y for y in line.get_ydata())]
-        if not drawn and panel["type"] != "state-timeline":
-            ax.text(
-                0.5,
-                0.5,
-                "no data",
-                ha="center",
-                va="center",
-                color="#9fa7b3",
-                transform=ax.transAxes,
-            )
         if handles:
             ax.legend(fontsize=6, loc="upper left", ncol=2, framealpha=0.3)
-        else:
-            ax.text(
+        if not handles or (not drawn and panel["type"] != "state-timeline"):
+            ax.text(  # once, even when both hold (it was drawn twice, one over the other)
                 0.5,
                 0.5,
                 "no data",
