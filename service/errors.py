@@ -35,6 +35,13 @@ class Reason(StrEnum):
     MALFORMED_EVENT = "malformed_event"  # a completion event that is not A2I's shape
     UNREADABLE_OUTPUT = "unreadable_output"  # the reviewers' output.json is missing or invalid
     BACKEND_ERROR = "backend_error"  # the backend kept failing on this image while serving others
+    UNDECODABLE_RECORD = "undecodable_record"  # the Kafka client cannot decode it (header key)
+    OUTPUT_TOO_LARGE = "output_too_large"  # the broker refused the verdict record as too large
+    IMAGE_TOO_MANY_PIXELS = "image_too_many_pixels"  # pixel flood / decompression bomb
+    TRUNCATED_IMAGE = "truncated_image"  # the image data ends before its pixels do
+    FORGED_EVENT = "forged_event"  # a completion event pointing at another loop's answers
+    INVALID_REVIEW_RECORD = "invalid_review_record"  # a review-topic record that is not one
+    ORPHAN_COMPLETION = "orphan_completion"  # no review record arrived for the event's loop in time
 
 
 class ServiceError(Exception):
@@ -57,10 +64,11 @@ class InputError(ServiceError):
 
     retriable = False
 
-    def __init__(self, reason: Reason, message: str) -> None:
+    def __init__(self, reason: Reason, message: str, *, attempts: int = 1) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.attempts = attempts  # how many tries it took to be sure (URL fetches retry)
 
 
 class BackendError(ServiceError):
@@ -92,3 +100,18 @@ class PublishError(ServiceError):
     """An output record was not acknowledged: its offset is not committed, so it is redelivered."""
 
     retriable = True
+
+
+class RecordRefused(PublishError):
+    """The broker will never take this record (too large, invalid): retrying cannot help.
+
+    The caller publishes something else in its place (a dead letter that says why), so the input
+    is accounted for and its partition moves on.
+    """
+
+    retriable = False
+
+    def __init__(self, topic: str, code: str, message: str) -> None:
+        super().__init__(f"{topic}: {code}: {message}")
+        self.topic = topic
+        self.code = code

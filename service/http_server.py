@@ -26,6 +26,8 @@ class Health:
     partitions: int = 0
     backend_ok: Callable[[], bool] = lambda: True
     started: bool = False
+    #: Further readiness checks: each returns why the service is not ready, or None.
+    checks: list[Callable[[], str | None]] = field(default_factory=list)
 
     def polled(self) -> None:
         self.last_poll = time.monotonic()
@@ -43,6 +45,10 @@ class Health:
             return False, "no partitions assigned"
         if not self.backend_ok():
             return False, "backend unreachable (circuit open)"
+        for check in self.checks:
+            problem = check()
+            if problem is not None:
+                return False, problem
         return True, "ok"
 
 

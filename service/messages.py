@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -229,6 +230,28 @@ def verdict_record(
     return orjson.dumps(record)
 
 
+#: The largest DLQ record value we write. Apache Kafka's default ``max.message.bytes`` is 1 MiB
+#: (1,048,588 with overhead); staying under it means a dead letter is never refused for its size.
+DLQ_MAX_RECORD_BYTES = 1_000_000
+#: Output records carry at most this much of the input's headers (trace ids, not payloads).
+MAX_CARRIED_HEADER_BYTES = 16 * 1024
+#: Output keys above this size are replaced by their sha256 (hex): a key is for partitioning.
+MAX_OUTPUT_KEY_BYTES = 4 * 1024
+MAX_DLQ_MESSAGE_CHARS = 2048
+_RECORD_OVERHEAD_BYTES = 256  # record framing, header lengths, varints: generous on purpose
+
+RawHeaders = Sequence[tuple[str | bytes, bytes | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRecord:
+    """A record ready for the producer: key, value and headers, within the size limits."""
+
+    key: bytes | None
+    value: bytes
+    headers: Headers
+
+
 def _encode_bytes(data: bytes | None) -> tuple[str | None, str | None]:
     """Original bytes as text when they are UTF-8, else base64; the encoding says which."""
     if data is None:
@@ -237,6 +260,24 @@ def _encode_bytes(data: bytes | None) -> tuple[str | None, str | None]:
         return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         return base64.b64encode(data).decode("ascii"), "base64"
+
+
+def _encode_header(name: str | bytes, data: bytes | None) -> dict[str, Any]:
+    raw_name = name.encode("utf-8") if isinstance(name, str) else name
+    name_text, name_encoding = _encode_bytes(raw_name)
+    value_text, value_encoding = _encode_bytes(data)
+    return {
+        "key": name_text,
+        "key_encoding": name_encoding,
+        "value": value_text,
+        "value_encoding": value_encoding,
+    }
+
+
+def _truncated_base64(data: bytes, budget: int) -> str:
+    """The longest prefix of ``data`` whose base64 fits in ``budget`` characters."""
+    keep = max(0, budget) // 4 * 3
+    return base64.b64encode(data[:keep]).decode("ascii")
 
 
 def dlq_record(
@@ -248,29 +289,128 @@ def dlq_record(
     message: str,
     attempts: int,
     request_id: str | None,
+    headers: RawHeaders = (),
+    consumer: str | None = None,
+    max_bytes: int = DLQ_MAX_RECORD_BYTES,
 ) -> bytes:
+    """The dead-letter record's value, never longer than ``max_bytes``.
+
+    The original key and value are kept whole when they fit. When they do not (a 3 MiB value of
+    control characters escapes to 19 MB of JSON), the largest ones are cut to a base64 prefix and
+    the record says so, with each original's size and sha256 so it can still be matched.
+    """
+    if len(message) > MAX_DLQ_MESSAGE_CHARS:
+        message = message[:MAX_DLQ_MESSAGE_CHARS] + "…"
     key_text, key_encoding = _encode_bytes(key)
     value_text, value_encoding = _encode_bytes(value)
-    return orjson.dumps(
-        {
-            "schema_version": SCHEMA_VERSION,
-            "id": request_id,
-            "original": {
-                "key": key_text,
-                "key_encoding": key_encoding,
-                "value": value_text,
-                "value_encoding": value_encoding,
-            },
-            "source": source.as_json(),
-            "error": {"reason": reason, "message": message},
-            "attempts": attempts,
-            "failed_at": utc_now(),
-        }
+    original: dict[str, Any] = {
+        "key": key_text,
+        "key_encoding": key_encoding,
+        "value": value_text,
+        "value_encoding": value_encoding,
+        "value_size": None if value is None else len(value),
+        "value_sha256": None if value is None else hashlib.sha256(value).hexdigest(),
+        "headers": [_encode_header(name, data) for name, data in headers],
+        "truncated": [],
+    }
+    record: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "id": request_id,
+        "original": original,
+        "source": source.as_json(),
+        "error": {"reason": reason, "message": message},
+        "attempts": attempts,
+        "failed_at": utc_now(),
+    }
+    if consumer is not None:
+        record["consumer"] = consumer
+    encoded = orjson.dumps(record)
+    if len(encoded) <= max_bytes:
+        return encoded
+    # Too large: drop the headers first (they are small when sane), then cut value and key.
+    if original["headers"]:
+        original["headers"] = []
+        original["truncated"].append("headers")
+    for field_name, data in (("value", value), ("key", key)):
+        encoded = orjson.dumps(record)
+        if len(encoded) <= max_bytes or data is None:
+            continue
+        original[field_name] = ""
+        original[f"{field_name}_encoding"] = "base64"
+        room = max_bytes - len(orjson.dumps(record)) - 160  # the size/sha256 fields added below
+        original[field_name] = _truncated_base64(data, room)
+        original[f"{field_name}_size"] = len(data)
+        original[f"{field_name}_sha256"] = hashlib.sha256(data).hexdigest()
+        original["truncated"].append(field_name)
+    encoded = orjson.dumps(record)
+    excess = len(encoded) - max_bytes
+    if excess > 0:  # only a tiny limit gets here: shorten our own message last
+        text = record["error"]["message"].encode("utf-8")
+        cut = text[: max(0, len(text) - excess - 4)].decode("utf-8", "ignore")
+        record["error"]["message"] = cut + "…"
+        encoded = orjson.dumps(record)
+    return encoded
+
+
+def carried_headers(original: RawHeaders) -> Headers:
+    """The input headers an output may carry: text names only, at most a few KiB in all."""
+    kept: Headers = []
+    size = 0
+    for name, data in original:
+        if not isinstance(name, str):
+            continue  # not UTF-8: cannot be produced again; the DLQ record keeps it as base64
+        size += len(name.encode("utf-8")) + len(data or b"")
+        if size > MAX_CARRIED_HEADER_BYTES:
+            break
+        kept.append((name, data or b""))
+    return kept
+
+
+def output_key(key: bytes | None) -> bytes | None:
+    """The input's key, or its sha256 when it is too large to repeat on every output."""
+    if key is None or len(key) <= MAX_OUTPUT_KEY_BYTES:
+        return key
+    return hashlib.sha256(key).hexdigest().encode("ascii")
+
+
+def dead_letter_output(
+    *,
+    key: bytes | None,
+    value: bytes | None,
+    headers: RawHeaders,
+    source: Source,
+    reason: str,
+    message: str,
+    attempts: int,
+    request_id: str | None,
+    consumer: str | None = None,
+    max_record_bytes: int = DLQ_MAX_RECORD_BYTES,
+) -> OutputRecord:
+    """The whole DLQ record (key, value, headers), sized to what the broker accepts."""
+    out_key = output_key(key)
+    out_headers = output_headers(headers, error_reason=reason)
+    used = (
+        len(out_key or b"")
+        + sum(len(name) + len(data) for name, data in out_headers)
+        + _RECORD_OVERHEAD_BYTES
     )
+    value_bytes = dlq_record(
+        key=key,
+        value=value,
+        source=source,
+        reason=reason,
+        message=message,
+        attempts=attempts,
+        request_id=request_id,
+        headers=headers,
+        consumer=consumer,
+        max_bytes=max_record_bytes - used,
+    )
+    return OutputRecord(out_key, value_bytes, out_headers)
 
 
-def output_headers(original: Headers, **extra: str) -> Headers:
+def output_headers(original: RawHeaders, **extra: str) -> Headers:
     """Carry the input's headers over (trace ids survive) and add ours, replacing stale copies."""
     ours = {f"moderation-{name.replace('_', '-')}": text for name, text in extra.items()}
-    kept = [(name, data) for name, data in original if name not in ours]
+    kept = [(name, data) for name, data in carried_headers(original) if name not in ours]
     return kept + [(name, text.encode()) for name, text in ours.items()]

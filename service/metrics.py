@@ -121,6 +121,36 @@ class Metrics:
             "Output publishes retried after a broker error.",
             registry=r,
         )
+        self.publish_refused = Counter(
+            "moderation_publish_refused",
+            "Output records the broker refused for good (too large, invalid); each was replaced "
+            "by a dead letter.",
+            registry=r,
+        )
+        self.undecodable_recoveries = Counter(
+            "moderation_undecodable_recoveries",
+            "Polls that hit a record the Kafka client cannot decode and read it raw instead.",
+            registry=r,
+        )
+        self.oldest_in_flight = Gauge(
+            "moderation_oldest_in_flight_seconds",
+            "Age of the oldest message still being processed, by input partition (0 when idle).",
+            ["partition"],
+            registry=r,
+        )
+        self.stuck = Gauge(
+            "moderation_stuck_partitions",
+            "Input partitions whose oldest in-flight message is older than "
+            "MODERATION_STUCK_AFTER_S.",
+            registry=r,
+        )
+        self.dlq_guard_tripped = Gauge(
+            "moderation_dlq_guard_tripped",
+            "1 while intake is stopped because too many recent messages were dead-lettered, "
+            "by kind (input: bad input; internal: this service's bugs).",
+            ["kind"],
+            registry=r,
+        )
         self.commit_failures = Counter(
             "moderation_commit_failures",
             "Offset commits that failed (records redelivered).",
@@ -141,6 +171,19 @@ class Metrics:
         self.reviews_timed_out = Counter(
             "moderation_reviews_timed_out",
             "Reviews past their SLA, given the fallback.",
+            registry=r,
+        )
+        self.review_early = Gauge(
+            "moderation_review_early_completions",
+            "Completion events the sink holds for loops whose review record has not arrived.",
+            registry=r,
+        )
+        self.review_orphans = Counter(
+            "moderation_review_orphan_completions",
+            "Completion events dead-lettered because no review record came for their loop: "
+            "expired (older than MODERATION_SINK_ORPHAN_TTL_S) or evicted (over "
+            "MODERATION_SINK_MAX_EARLY).",
+            ["why"],
             registry=r,
         )
         self.review_duration = Histogram(
@@ -172,6 +215,10 @@ class Metrics:
             self.reviews_started.labels(mode=mode)
         for outcome in REVIEW_OUTCOMES:
             self.reviews_completed.labels(outcome=outcome)
+        for why in ("expired", "evicted"):
+            self.review_orphans.labels(why=why)
+        for kind in ("input", "internal"):
+            self.dlq_guard_tripped.labels(kind=kind).set(0)
 
     def count_labels(self, names: list[str]) -> None:
         """Count each top-level category once per verdict (a verdict often has parent + child)."""

@@ -19,16 +19,17 @@ import orjson
 from service.activation import ActivationConditions, Evaluation, evaluate
 from service.backends.base import HumanLoopRequest, ModerationBackend, ModerationResult
 from service.capacity import ConcurrencyBudget
-from service.errors import BackendError, InputError, Reason
+from service.errors import BackendError, InputError, Reason, RecordRefused
 from service.fetch import ImageFetcher
 from service.messages import (
     BytesImage,
     Headers,
     ModerationRequest,
+    RawHeaders,
     S3Image,
     Source,
     UrlImage,
-    dlq_record,
+    dead_letter_output,
     id_of_invalid,
     output_headers,
     parse_request,
@@ -61,7 +62,7 @@ class InputRecord:
     source: Source
     key: bytes | None
     value: bytes | None
-    headers: Headers
+    headers: RawHeaders
 
 
 class GaveUp(Exception):
@@ -130,7 +131,8 @@ class Pipeline:
             )
             result, attempts, loop_refused = await self._moderate(image, request, human_loop)
         except InputError as exc:
-            await self.dead_letter(record, request, exc.reason, exc.message, max(attempts, 1))
+            tries = max(attempts, exc.attempts)
+            await self.dead_letter(record, request, exc.reason, exc.message, tries)
             self._observe_done(record, started)
             return exc.reason.value
         except GaveUp as exc:
@@ -166,9 +168,16 @@ class Pipeline:
         headers = output_headers(
             record.headers, verdict=decision.verdict, decided_by="model", id=request.id
         )
-        await self._sink.publish(
-            self._topics[decision.verdict], request.id.encode(), value, headers
-        )
+        try:
+            await self._sink.publish(
+                self._topics[decision.verdict], request.id.encode(), value, headers
+            )
+        except RecordRefused as exc:
+            # The verdict itself is refused (an input's attributes can make it too large): the
+            # message still ends somewhere, with the reason, instead of wedging its partition.
+            await self.dead_letter(record, request, Reason.OUTPUT_TOO_LARGE, str(exc), attempts)
+            self._observe_done(record, started)
+            return Reason.OUTPUT_TOO_LARGE.value
         self._metrics.verdicts.labels(verdict=decision.verdict, decided_by="model").inc()
         self._metrics.count_labels([label.name for label in result.labels])
         self._observe_done(record, started)
@@ -233,9 +242,8 @@ class Pipeline:
             except InputError as exc:
                 # Only a failure to reach the host may be passing; everything else is final.
                 if exc.reason is not Reason.UNREACHABLE_URL or attempt >= URL_FETCH_ATTEMPTS:
-                    raise InputError(
-                        exc.reason, f"{exc.message} (after {attempt} attempts)"
-                    ) from exc
+                    suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
+                    raise InputError(exc.reason, exc.message + suffix, attempts=attempt) from exc
                 await asyncio.sleep(full_jitter(attempt, base=0.5, cap=5.0))
 
     async def _moderate(
@@ -335,17 +343,37 @@ class Pipeline:
                 "reason": str(reason),
             },
         )
-        value = dlq_record(
+        out = dead_letter_output(
             key=record.key,
             value=record.value,
+            headers=record.headers,
             source=record.source,
             reason=reason,
             message=message,
             attempts=attempts,
             request_id=request_id,
+            consumer="pipeline",
+            max_record_bytes=self._settings.safety.dlq_max_record_bytes,
         )
-        headers = output_headers(record.headers, error_reason=reason)
-        await self._sink.publish(self._settings.kafka.dlq_topic, record.key, value, headers)
+        dlq_topic = self._settings.kafka.dlq_topic
+        try:
+            await self._sink.publish(dlq_topic, out.key, out.value, out.headers)
+        except RecordRefused as exc:
+            # The DLQ topic takes less than we were told: keep the facts, drop the original.
+            log.error("the DLQ refused a dead letter (%s); sending it without the original", exc)
+            out = dead_letter_output(
+                key=None,
+                value=None,
+                headers=(),
+                source=record.source,
+                reason=reason,
+                message=f"{message} [original dropped: the DLQ refused it: {exc}]",
+                attempts=attempts,
+                request_id=request_id,
+                consumer="pipeline",
+                max_record_bytes=4096,
+            )
+            await self._sink.publish(dlq_topic, out.key, out.value, out.headers)
         self._metrics.dead_letters.labels(reason=reason).inc()
 
 

@@ -1,8 +1,11 @@
 """Writes verdict and dead-letter records, and waits for the broker's acknowledgement.
 
 A record counts as done only once the broker acknowledged it; until then its input offset is not
-committed. Broker trouble is retried with backoff for as long as the caller waits (a cancelled
-publish leaves the input uncommitted, so it is redelivered: at-least-once, nothing lost).
+committed. This is the one place producer errors are translated: a refusal of the record itself
+(too large, invalid) raises :class:`RecordRefused` at once, so the caller can dead-letter instead;
+anything else (connections, leaders, timeouts, authorisation) is the broker's or the
+deployment's trouble, retried with backoff for as long as the caller waits, counted and logged,
+and visible as stuck work (a cancelled publish leaves the input uncommitted: redelivered).
 """
 
 from __future__ import annotations
@@ -11,13 +14,33 @@ import asyncio
 import logging
 
 from aiokafka import AIOKafkaProducer
+from aiokafka import errors as kafka_errors
 from aiokafka.errors import KafkaError
 
+from service.errors import RecordRefused
 from service.messages import Headers
 from service.metrics import Metrics
 from service.retry import full_jitter
 
 log = logging.getLogger(__name__)
+
+#: Errors about the record itself: the same record is refused however often it is sent.
+_REFUSALS: tuple[type[KafkaError], ...] = tuple(
+    error
+    for name in (
+        "MessageSizeTooLargeError",  # over max.message.bytes (broker) or max_request_size (client)
+        "RecordTooLargeError",
+        "RecordListTooLargeError",
+        "InvalidTimestampError",
+        "CorruptRecordException",
+        "InvalidRecordError",
+    )
+    if isinstance(error := getattr(kafka_errors, name, None), type)
+)
+
+
+def is_refusal(exc: BaseException) -> bool:
+    return isinstance(exc, _REFUSALS)
 
 
 class Publisher:
@@ -32,6 +55,9 @@ class Publisher:
             try:
                 await self._producer.send_and_wait(topic, value=value, key=key, headers=headers)
             except KafkaError as exc:
+                if is_refusal(exc):
+                    self._metrics.publish_refused.inc()
+                    raise RecordRefused(topic, type(exc).__name__, str(exc)) from exc
                 self._metrics.publish_retries.inc()
                 delay = full_jitter(attempt, base=0.2, cap=10.0)
                 log.warning(

@@ -16,22 +16,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
-from aiokafka.structs import ConsumerRecord
 
 from service.activation import ActivationConditions, parse_conditions
 from service.backends.base import ModerationBackend
 from service.backends.rekognition import RekognitionBackend
 from service.capacity import ConcurrencyBudget
+from service.dlq_guard import DeadLetterGuard, outcome_of
 from service.embedded import EmbeddedBroker
 from service.errors import ConfigError, Reason
 from service.fetch import FetchPolicy, ImageFetcher
 from service.http_server import Health, HttpServer
+from service.kafka.poison import PoisonSafeConsumer, Polled, UndecodableRecord
 from service.messages import Source
 from service.metrics import Metrics
 from service.offsets import OffsetTracker, Ticket
@@ -110,6 +111,7 @@ def make_backend(settings: Settings) -> ModerationBackend:
         s3_region=backend.region,
         s3_endpoint_url=local.s3_endpoint_url,
         s3_timeout_s=backend.call_timeout_s,
+        max_image_pixels=local.max_image_pixels,
     )
 
 
@@ -156,6 +158,10 @@ class Runner:
         self._tracker = OffsetTracker()
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._task_bytes: dict[asyncio.Task[None], int] = {}
+        self._task_started: dict[asyncio.Task[None], float] = {}
+        self._guard = DeadLetterGuard(settings.safety)
+        self._stuck: dict[TopicPartition, float] = {}
+        self._safe: PoisonSafeConsumer | None = None
         self._in_flight_bytes = 0
         self._budget: ConcurrencyBudget
         self._slot_freed = asyncio.Event()
@@ -239,25 +245,33 @@ class Runner:
             consumer.subscribe([kafka.input_topic], listener=_Rebalance(self))
             await consumer.start()
             stack.push_async_callback(consumer.stop)  # leaves the group; we commit ourselves
+            safe = PoisonSafeConsumer(consumer, kafka_client_options(kafka, bootstrap))
+            self._safe = safe
+            stack.push_async_callback(safe.close)
+            self.health.checks += [self._guard_problem, self._stuck_problem]
             log.info(
                 "consuming %s as group %s from %s", kafka.input_topic, kafka.group_id, bootstrap
             )
             self.health.started = True
             self.ready.set()
             try:
-                await self._intake(consumer, pipeline, stop)
+                await self._intake(consumer, safe, pipeline, stop)
             finally:
                 await self._drain(settings.shutdown_grace_s)
                 await self._commit(force=True)
 
     async def _intake(
-        self, consumer: AIOKafkaConsumer, pipeline: Pipeline, stop: asyncio.Event
+        self,
+        consumer: AIOKafkaConsumer,
+        safe: PoisonSafeConsumer,
+        pipeline: Pipeline,
+        stop: asyncio.Event,
     ) -> None:
         max_bytes = self._settings.backend.max_in_flight_bytes
         while not stop.is_set():
             self.health.polled()
             capacity = self._budget.limit - len(self._tasks)
-            if self._in_flight_bytes >= max_bytes:
+            if self._in_flight_bytes >= max_bytes or not self._guard_admits():
                 capacity = 0
             self.metrics.intake_paused.set(1 if capacity <= 0 else 0)
             if capacity <= 0:
@@ -271,13 +285,55 @@ class Runner:
                 paused = consumer.paused()
                 if paused:
                     consumer.resume(*paused)
-                batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=capacity)
+                recoveries = safe.recoveries
+                batches = await safe.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=capacity)
+                self.metrics.undecodable_recoveries.inc(safe.recoveries - recoveries)
                 for tp, records in batches.items():
                     for record in records:
                         self._start(pipeline, tp, record)
                     self._next_offsets[tp] = records[-1].offset + 1
             self._update_lag(consumer)
+            self._observe_oldest(consumer)
             await self._commit()
+
+    def _guard_admits(self) -> bool:
+        admits = self._guard.admits()
+        for kind in ("input", "internal"):
+            tripped = 1 if self._guard.tripped == kind else 0
+            self.metrics.dlq_guard_tripped.labels(kind=kind).set(tripped)
+        return admits
+
+    def _guard_problem(self) -> str | None:
+        return f"dead-letter limit: {self._guard.detail}" if self._guard.tripped else None
+
+    def _observe_oldest(self, consumer: AIOKafkaConsumer) -> None:
+        """The stuck-work detector: the age of each partition's oldest in-flight message."""
+        now = time.monotonic()
+        oldest: dict[TopicPartition, float] = {}
+        for task, started in self._task_started.items():
+            tp = self._tasks.get(task)
+            if tp is not None:
+                oldest[tp] = max(oldest.get(tp, 0.0), now - started)
+        limit = self._settings.safety.stuck_after_s
+        stuck: dict[TopicPartition, float] = {}
+        for tp in consumer.assignment() | set(oldest):
+            age = oldest.get(tp, 0.0)
+            self.metrics.oldest_in_flight.labels(partition=str(tp.partition)).set(age)
+            if age > limit:
+                stuck[tp] = age
+                if tp not in self._stuck:
+                    log.warning(
+                        "work on %s[%d] stuck for %.0fs (limit %.0fs)",
+                        tp.topic, tp.partition, age, limit,
+                    )  # fmt: skip
+        self._stuck = stuck
+        self.metrics.stuck.set(len(stuck))
+
+    def _stuck_problem(self) -> str | None:
+        if not self._stuck:
+            return None
+        tp, age = max(self._stuck.items(), key=lambda item: item[1])
+        return f"work stuck on partition {tp.partition} for {age:.0f}s ({len(self._stuck)} stuck)"
 
     def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
         # The high watermark from fetch responses (Tansu's end_offsets() is unreliable).
@@ -294,7 +350,7 @@ class Runner:
         self.health.partitions = len(assigned)
         self.metrics.partitions_assigned.set(len(assigned))
 
-    def _start(self, pipeline: Pipeline, tp: TopicPartition, record: ConsumerRecord) -> None:
+    def _start(self, pipeline: Pipeline, tp: TopicPartition, record: Polled) -> None:
         ticket = self._tracker.track(tp, record.offset)
         item = InputRecord(
             source=Source(record.topic, record.partition, record.offset, record.timestamp),
@@ -302,8 +358,13 @@ class Runner:
             value=record.value,
             headers=list(record.headers or ()),
         )
-        task = asyncio.create_task(self._process(pipeline, item, ticket))
+        if isinstance(record, UndecodableRecord):
+            work = self._dead_letter_undecodable(pipeline, item, record.error)
+        else:
+            work = pipeline.handle(item)
+        task = asyncio.create_task(self._process(pipeline, item, ticket, work))
         self._tasks[task] = tp
+        self._task_started[task] = time.monotonic()
         size = len(record.value or b"") + len(record.key or b"")
         self._task_bytes[task] = size
         self._in_flight_bytes += size
@@ -313,19 +374,33 @@ class Runner:
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
+        self._task_started.pop(task, None)
         self._in_flight_bytes -= self._task_bytes.pop(task, 0)
         self.metrics.in_flight.set(len(self._tasks))
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("message task failed", exc_info=task.exception())
 
-    async def _process(self, pipeline: Pipeline, item: InputRecord, ticket: Ticket) -> None:
+    async def _process(
+        self,
+        pipeline: Pipeline,
+        item: InputRecord,
+        ticket: Ticket,
+        work: Coroutine[object, object, str],
+    ) -> None:
         try:
-            await pipeline.handle(item)
+            result = await work
         except Exception as exc:  # a bug must not stall the partition: dead-letter the message
             log.exception("unexpected error on offset %d", item.source.offset)
             await pipeline.dead_letter(item, None, Reason.INTERNAL_ERROR, repr(exc), 1)
+            result = Reason.INTERNAL_ERROR.value
+        self._guard.record(outcome_of(result))
         self._tracker.finish(ticket)
+
+    @staticmethod
+    async def _dead_letter_undecodable(pipeline: Pipeline, item: InputRecord, error: str) -> str:
+        await pipeline.dead_letter(item, None, Reason.UNDECODABLE_RECORD, error, 1)
+        return Reason.UNDECODABLE_RECORD.value
 
     async def release(self, revoked: set[TopicPartition]) -> None:
         """Called on rebalance: finish what we can, commit it, and give the rest up uncommitted."""
@@ -337,10 +412,15 @@ class Runner:
             await asyncio.gather(*pending, return_exceptions=True)
         await self._commit(force=True)
         self._tracker.revoke(revoked)
+        if self._safe is not None:
+            self._safe.forget(revoked)
         for tp in revoked:
             self._next_offsets.pop(tp, None)
             with contextlib.suppress(KeyError):  # no sample yet for that partition
                 self.metrics.consumer_lag.remove(str(tp.partition))
+            with contextlib.suppress(KeyError):
+                self.metrics.oldest_in_flight.remove(str(tp.partition))
+            self._stuck.pop(tp, None)
         self.health.partitions = 0
         self.metrics.partitions_assigned.set(0)
 

@@ -55,6 +55,7 @@ class LocalModelSettings:
     model_paths: tuple[tuple[str, Path], ...] = ()
     read_s3: bool = False
     s3_endpoint_url: str | None = None
+    max_image_pixels: int = 40_000_000  # width x height decoded at most (image bombs)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,25 @@ class ReviewSettings:
     completions_topic: str
     s3_endpoint_url: str | None
     local_store: Path | None  # directory for file:// outputs (embedded setup / self-hosted console)
+    # The completion sink's bounds (defaults here so other constructions stay valid).
+    orphan_ttl_s: float = 3600.0  # an event whose review record never came is dead-lettered then
+    max_early: int = 100_000  # events held for loops without a review record, at most
+    max_event_bytes: int = 256 * 1024  # completion events are small; larger ones go to the DLQ
+    output_retry_s: float = 300.0  # how long an unavailable output store is retried per event
+    liveness_s: float = 60.0  # /healthz fails when the sink's worker has not beaten for this long
+
+
+@dataclass(frozen=True)
+class SafetySettings:
+    """The safety valves: how much gets dead-lettered before intake stops, when work is stuck."""
+
+    dlq_max_record_bytes: int = 1_000_000
+    guard_window: int = 500
+    guard_min_samples: int = 100
+    guard_max_input_ratio: float = 0.5  # 1 turns this limit off
+    guard_max_internal_ratio: float = 0.05
+    guard_cooldown_s: float = 300.0
+    stuck_after_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -121,6 +141,7 @@ class Settings:
     sink_producer_max_batch_size: int  # 16 on Tansu: one record per batch (end_offsets bug)
     http_host: str
     http_port: int  # 0 picks a free port (tests)
+    safety: SafetySettings = field(default_factory=SafetySettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -239,6 +260,27 @@ class EnvReader:
             sink_producer_max_batch_size=self.integer(
                 "SINK_PRODUCER_MAX_BATCH_SIZE", 16_384, low=16, high=16 * MIB
             ),
+            safety=self.safety(),
+        )
+
+    def safety(self) -> SafetySettings:
+        window = self.integer("MODERATION_DLQ_GUARD_WINDOW", 500, low=10, high=1_000_000)
+        return SafetySettings(
+            dlq_max_record_bytes=self.integer(
+                "MODERATION_DLQ_MAX_RECORD_BYTES", 1_000_000, low=16 * 1024, high=64 * MIB
+            ),
+            guard_window=window,
+            guard_min_samples=self.integer(
+                "MODERATION_DLQ_GUARD_MIN_SAMPLES", min(100, window), low=1, high=window
+            ),
+            guard_max_input_ratio=self.number("MODERATION_DLQ_MAX_RATIO", 0.5, low=0.01, high=1),
+            guard_max_internal_ratio=self.number(
+                "MODERATION_DLQ_MAX_INTERNAL_RATIO", 0.05, low=0.0, high=1
+            ),
+            guard_cooldown_s=self.number(
+                "MODERATION_DLQ_GUARD_COOLDOWN_S", 300.0, low=1, high=86_400
+            ),
+            stuck_after_s=self.number("MODERATION_STUCK_AFTER_S", 300.0, low=1, high=86_400),
         )
 
     def kafka(self) -> KafkaSettings:
@@ -362,6 +404,15 @@ class EnvReader:
             local_store=Path(store)
             if (store := self.raw("MODERATION_REVIEW_LOCAL_STORE"))
             else None,
+            orphan_ttl_s=self.number(
+                "MODERATION_SINK_ORPHAN_TTL_S", 3600.0, low=1, high=30 * 86_400
+            ),
+            max_early=self.integer("MODERATION_SINK_MAX_EARLY", 100_000, low=1, high=10_000_000),
+            max_event_bytes=self.integer(
+                "MODERATION_SINK_MAX_EVENT_BYTES", 256 * 1024, low=1024, high=64 * MIB
+            ),
+            output_retry_s=self.number("MODERATION_SINK_OUTPUT_RETRY_S", 300.0, low=1, high=86_400),
+            liveness_s=self.number("MODERATION_SINK_LIVENESS_S", 60.0, low=5, high=3600),
         )
 
     def backend(self) -> BackendSettings:
@@ -439,4 +490,8 @@ class EnvReader:
             model_paths=tuple(paths),
             read_s3=self.boolean("MODERATION_LOCAL_READ_S3", False),
             s3_endpoint_url=endpoint,
+            # 80 x 80 (the smallest image) to 10,000 x 10,000 (the largest Rekognition takes).
+            max_image_pixels=self.integer(
+                "MODERATION_MAX_IMAGE_PIXELS", 40_000_000, low=6_400, high=100_000_000
+            ),
         )

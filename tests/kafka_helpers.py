@@ -142,3 +142,45 @@ def by_topic(records: list[ConsumerRecord]) -> dict[str, list[ConsumerRecord]]:
     for record in records:
         grouped.setdefault(record.topic, []).append(record)
     return grouped
+
+
+class _RawHeaderName(str):
+    """A header name whose "UTF-8 encoding" is arbitrary bytes: how a hostile producer writes one."""
+
+    raw: bytes
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return self.raw
+
+
+def raw_header_name(raw: bytes) -> str:
+    name = _RawHeaderName("raw")
+    name.raw = raw
+    return name
+
+
+async def send_records_with_raw_headers(
+    producer: AIOKafkaProducer,
+    topic: str,
+    partition: int,
+    records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]],
+) -> None:
+    """Send records as ONE batch built by aiokafka's pure-Python builder, which writes whatever a
+    header name's ``encode()`` returns (the C builder would refuse a non-UTF-8 name).
+    """
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+    batch = producer.create_batch()
+    batch._builder = _DefaultRecordBatchBuilderPy(
+        2,
+        0,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=0,
+        batch_size=64 * 1024 * 1024,
+    )
+    for key, value, headers in records:
+        assert batch.append(timestamp=None, key=key, value=value, headers=headers) is not None
+    future = await producer.send_batch(batch, topic, partition=partition)
+    await future

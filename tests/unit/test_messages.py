@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 
 from service.errors import InputError, Reason
 from service.messages import (
+    DLQ_MAX_RECORD_BYTES,
     MAX_ID_LENGTH,
+    MAX_OUTPUT_KEY_BYTES,
     SCHEMA_VERSION,
     BytesImage,
     Label,
@@ -22,10 +24,12 @@ from service.messages import (
     S3Image,
     Source,
     UrlImage,
+    dead_letter_output,
     describe_image,
     dlq_record,
     id_of_invalid,
     output_headers,
+    output_key,
     parse_request,
     verdict_record,
 )
@@ -387,6 +391,10 @@ def test_dlq_record_shape_with_utf8_original() -> None:
             "key_encoding": "utf-8",
             "value": '{"id": "r-1", "image": "\u00e9"}',
             "value_encoding": "utf-8",
+            "value_size": 28,
+            "value_sha256": hashlib.sha256(b'{"id": "r-1", "image": "\xc3\xa9"}').hexdigest(),
+            "headers": [],
+            "truncated": [],
         },
         "source": {"topic": "moderation.requests", "partition": 3, "offset": 1234},
         "error": {"reason": "not_an_image", "message": "not a JPEG or PNG image"},
@@ -403,6 +411,10 @@ def test_dlq_record_keeps_non_utf8_value_as_base64() -> None:
         "key_encoding": None,
         "value": base64.b64encode(value).decode(),
         "value_encoding": "base64",
+        "value_size": len(value),
+        "value_sha256": hashlib.sha256(value).hexdigest(),
+        "headers": [],
+        "truncated": [],
     }
     assert base64.b64decode(record["original"]["value"]) == value
 
@@ -414,6 +426,10 @@ def test_dlq_record_of_a_tombstone_with_binary_key() -> None:
         "key_encoding": "base64",
         "value": None,
         "value_encoding": None,
+        "value_size": None,
+        "value_sha256": None,
+        "headers": [],
+        "truncated": [],
     }
 
 
@@ -432,6 +448,84 @@ def test_dlq_original_round_trips(key: bytes | None, value: bytes | None) -> Non
         else:
             assert encoding == "base64"
             assert base64.b64decode(text) == data
+
+
+def test_dlq_record_of_a_huge_control_character_value_fits_the_limit() -> None:
+    # 3 MiB of 0x01 escapes to ~19 MB of JSON ("\u0001" per byte): the broker would refuse it.
+    value = b"\x01" * (3 * 1024 * 1024)
+    raw = dlq_record(
+        key=b"k",
+        value=value,
+        source=SOURCE,
+        reason=Reason.RECORD_TOO_LARGE.value,
+        message="too large",
+        attempts=1,
+        request_id=None,
+        max_bytes=DLQ_MAX_RECORD_BYTES,
+    )
+    assert len(raw) <= DLQ_MAX_RECORD_BYTES
+    original = orjson.loads(raw)["original"]
+    assert original["truncated"] == ["value"]
+    assert original["value_encoding"] == "base64"
+    assert original["value_size"] == len(value)
+    assert original["value_sha256"] == hashlib.sha256(value).hexdigest()
+    prefix = base64.b64decode(original["value"])
+    assert value.startswith(prefix)
+    assert len(prefix) > DLQ_MAX_RECORD_BYTES // 2  # most of the budget keeps evidence
+
+
+@given(
+    st.binary(max_size=4096),
+    st.binary(max_size=20_000),
+    st.lists(st.tuples(st.binary(max_size=64), st.binary(max_size=3000)), max_size=8),
+    st.integers(min_value=1500, max_value=20_000),
+)
+def test_dead_letter_output_never_exceeds_its_limit(
+    key: bytes, value: bytes, headers: list[tuple[bytes, bytes]], limit: int
+) -> None:
+    out = dead_letter_output(
+        key=key,
+        value=value,
+        headers=headers,
+        source=SOURCE,
+        reason=Reason.MALFORMED_JSON.value,
+        message="x" * 5000,
+        attempts=1,
+        request_id=None,
+        consumer="pipeline",
+        max_record_bytes=limit,
+    )
+    size = len(out.key or b"") + len(out.value) + sum(len(n) + len(v) for n, v in out.headers)
+    assert size <= limit
+    assert orjson.loads(out.value)["original"]["value_sha256"] == hashlib.sha256(value).hexdigest()
+
+
+def test_dead_letter_output_keeps_undecodable_header_names_in_the_record_only() -> None:
+    out = dead_letter_output(
+        key=None,
+        value=b"{}",
+        headers=[(b"\xff\xfebad", b"v"), ("trace-id", b"abc")],
+        source=SOURCE,
+        reason=Reason.UNDECODABLE_RECORD.value,
+        message="header key is not UTF-8",
+        attempts=1,
+        request_id=None,
+    )
+    assert out.headers == [("trace-id", b"abc"), ("moderation-error-reason", b"undecodable_record")]
+    recorded = orjson.loads(out.value)["original"]["headers"]
+    assert recorded[0] == {
+        "key": base64.b64encode(b"\xff\xfebad").decode(),
+        "key_encoding": "base64",
+        "value": "v",
+        "value_encoding": "utf-8",
+    }
+
+
+def test_output_key_is_hashed_when_too_large() -> None:
+    assert output_key(b"small") == b"small"
+    assert output_key(None) is None
+    big = b"k" * (MAX_OUTPUT_KEY_BYTES + 1)
+    assert output_key(big) == hashlib.sha256(big).hexdigest().encode()
 
 
 # --- output_headers ---------------------------------------------------------------------------
