@@ -120,7 +120,7 @@ class SafetySettings:
     dlq_max_record_bytes: int = 1_000_000
     guard_window: int = 500
     guard_min_samples: int = 100
-    guard_max_input_ratio: float = 0.5  # 1 turns this limit off
+    guard_max_input_ratio: float = 0.9  # 1 turns this limit off
     guard_max_internal_ratio: float = 0.05
     guard_cooldown_s: float = 300.0
     stuck_after_s: float = 300.0
@@ -273,7 +273,7 @@ class EnvReader:
             guard_min_samples=self.integer(
                 "MODERATION_DLQ_GUARD_MIN_SAMPLES", min(100, window), low=1, high=window
             ),
-            guard_max_input_ratio=self.number("MODERATION_DLQ_MAX_RATIO", 0.5, low=0.01, high=1),
+            guard_max_input_ratio=self.number("MODERATION_DLQ_MAX_RATIO", 0.9, low=0.01, high=1),
             guard_max_internal_ratio=self.number(
                 "MODERATION_DLQ_MAX_INTERNAL_RATIO", 0.05, low=0.0, high=1
             ),
