@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
@@ -23,13 +23,11 @@ from service.errors import BackendError, InputError, Reason, RecordRefused
 from service.fetch import ImageFetcher
 from service.messages import (
     BytesImage,
-    Headers,
     ModerationRequest,
     RawHeaders,
     S3Image,
     Source,
     UrlImage,
-    dead_letter_output,
     id_of_invalid,
     output_headers,
     parse_request,
@@ -38,6 +36,7 @@ from service.messages import (
 )
 from service.metrics import Metrics
 from service.policy import RoutingPolicy
+from service.publisher import SupportsPublish, publish_dead_letter
 from service.ratelimit import AdaptiveRateLimiter
 from service.retry import CircuitBreaker, full_jitter
 from service.review.loops import loop_name, review_details
@@ -47,12 +46,6 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 URL_FETCH_ATTEMPTS = 3
-
-
-class Sink(Protocol):
-    async def publish(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers
-    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +77,7 @@ class Pipeline:
         limiter: AdaptiveRateLimiter,
         breaker: CircuitBreaker,
         policy: RoutingPolicy,
-        sink: Sink,
+        sink: SupportsPublish,
         metrics: Metrics,
         budget: ConcurrencyBudget,
         conditions: ActivationConditions | None = None,
@@ -343,7 +336,9 @@ class Pipeline:
                 "reason": str(reason),
             },
         )
-        out = dead_letter_output(
+        await publish_dead_letter(
+            self._sink,
+            self._settings.kafka.dlq_topic,
             key=record.key,
             value=record.value,
             headers=record.headers,
@@ -355,25 +350,6 @@ class Pipeline:
             consumer="pipeline",
             max_record_bytes=self._settings.safety.dlq_max_record_bytes,
         )
-        dlq_topic = self._settings.kafka.dlq_topic
-        try:
-            await self._sink.publish(dlq_topic, out.key, out.value, out.headers)
-        except RecordRefused as exc:
-            # The DLQ topic takes less than we were told: keep the facts, drop the original.
-            log.error("the DLQ refused a dead letter (%s); sending it without the original", exc)
-            out = dead_letter_output(
-                key=None,
-                value=None,
-                headers=(),
-                source=record.source,
-                reason=reason,
-                message=f"{message} [original dropped: the DLQ refused it: {exc}]",
-                attempts=attempts,
-                request_id=request_id,
-                consumer="pipeline",
-                max_record_bytes=4096,
-            )
-            await self._sink.publish(dlq_topic, out.key, out.value, out.headers)
         self._metrics.dead_letters.labels(reason=reason).inc()
 
 

@@ -145,7 +145,7 @@ def by_topic(records: list[ConsumerRecord]) -> dict[str, list[ConsumerRecord]]:
 
 
 class _RawHeaderName(str):
-    """A header name whose "UTF-8 encoding" is arbitrary bytes: how a hostile producer writes one."""
+    """A header name whose "UTF-8" is arbitrary bytes: how a hostile producer writes one."""
 
     raw: bytes
 

@@ -32,8 +32,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from service.console.settings import FlowDefinition, OutputLocation, parse_flow_definition
 from service.console.store import Item
 from service.errors import ConfigError, ServiceError
+from service.messages import S3Image, UrlImage
 from service.review.answers import TASK_KEY
 from service.review.events import completion_event
+from service.review.records import InlineImage
 from service.taxonomy import V7_LABELS
 
 IDENTITY_PROVIDER = "moderation-console"
@@ -65,38 +67,37 @@ def chosen_labels(names: list[str]) -> list[dict[str, str]]:
 
 def flow_of(item: Item, default: FlowDefinition) -> FlowDefinition:
     """The item's own flow definition (a managed loop reviewed here), else the console's."""
-    arn = (item.record.get("review") or {}).get("flow_definition_arn")
-    if isinstance(arn, str):
+    arn = item.review.flow_definition_arn if item.review is not None else None
+    if arn is not None:
         with contextlib.suppress(ConfigError):
             return parse_flow_definition("review.flow_definition_arn", arn)
     return default
 
 
 def input_content(item: Item, flow: FlowDefinition) -> dict[str, Any]:
-    """What the reviewer was shown, in A2I's ``inputContent`` shape (informational)."""
-    record = item.record
-    image = record.get("image") or {}
+    """What the reviewer was shown, in A2I's ``inputContent`` shape (informational).
+
+    An unreadable record (stored before intake validated records) showed nothing: no image, no
+    labels, and that is what this says."""
+    review = item.review
+    image = review.image if review is not None else None
     request_image: dict[str, Any]
-    if isinstance(image.get("s3"), dict):
-        s3 = image["s3"]
-        s3_object = {"bucket": s3.get("bucket"), "name": s3.get("key")}
-        if s3.get("version"):
-            s3_object["version"] = s3["version"]
+    if isinstance(image, S3Image):
+        s3_object = {"bucket": image.bucket, "name": image.key}
+        if image.version:
+            s3_object["version"] = image.version
         request_image = {"s3Object": s3_object}
-    elif "url" in image:
-        request_image = {"url": image["url"]}
+    elif isinstance(image, UrlImage):
+        request_image = {"url": image.url}
+    elif isinstance(image, InlineImage):  # sha256 and size only: never the bytes
+        request_image = {"bytes": {"sha256": image.sha256, "size": image.size}}
     else:
-        request_image = {"bytes": image.get("bytes")}  # sha256 and size only: never the bytes
+        request_image = {}
     labels = [
-        {
-            "confidence": label.get("confidence"),
-            "name": label.get("name"),
-            "parentName": label.get("parent", ""),
-        }
-        for label in record.get("labels") or []
-        if isinstance(label, dict)
+        {"confidence": label.confidence, "name": label.name, "parentName": label.parent}
+        for label in (review.labels if review is not None else ())
     ]
-    results = (record.get("review") or {}).get("activation_results")
+    results = review.activation_results if review is not None else None
     return {
         "aiServiceRequest": {
             "humanLoopConfig": {"flowDefinitionArn": flow.arn, "humanLoopName": item.loop_name},
@@ -104,7 +105,7 @@ def input_content(item: Item, flow: FlowDefinition) -> dict[str, Any]:
         },
         "aiServiceResponse": {
             "moderationLabels": labels,
-            "moderationModelVersion": record.get("model_version"),
+            "moderationModelVersion": review.model_version if review is not None else None,
         },
         "humanTaskActivationConditionResults": results if results is not None else {},
         "selectedAiServiceResponse": {"moderationLabels": labels},

@@ -3,7 +3,8 @@
 :class:`Console` owns every client and task. Start order: store (schema), output writer, image
 source, completion-event producer, HTTP, then the background tasks (review-topic intake, outbox,
 gauges). Stop order is the reverse: stop taking requests (in-flight ones finish), stop the tasks
-(intake commits only what it stored), close the producer (flushes), then the clients and the store.
+(intake commits only what it stored or dead-lettered), close the producer (flushes), then the
+clients and the store.
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ class Console:
                 store=self.store,
                 metrics=self.metrics,
                 clock=clock,
-                sla_s=review.sla_s,
                 include_managed=console.include_managed,
+                dlq_max_record_bytes=settings.safety.dlq_max_record_bytes,
             )
         self.auth = Auth(console, self.store, self.metrics, clock)
         self.delivery = Delivery(self.store, self.writer, publisher, self.metrics, clock)

@@ -9,8 +9,9 @@
   (form field ``csrf_token`` or header ``X-CSRF-Token``). The login form, which has no session
   yet, uses a signed one-off token in a short-lived cookie (double submit).
 * **Passwords**: scrypt hashes from the users file, checked in a worker thread; an unknown user
-  costs the same as a wrong password; five failures in a row lock the name out for a while
-  (per process).
+  costs the same as a wrong password; five attempts in a row that were not right lock the name
+  out for a while, on every replica (the attempt is reserved in the shared store before the
+  password is checked, so a burst of logins cannot all be checked).
 * **Trusted header** (``MODERATION_CONSOLE_TRUSTED_HEADER``): only when configured, and only from
   the proxy networks in ``MODERATION_CONSOLE_TRUSTED_PROXIES``; from anywhere else it is ignored.
 """
@@ -103,32 +104,37 @@ class Auth:
     async def check_password(
         self, username: str, password: str
     ) -> Literal["ok", "failed", "locked"]:
-        """Verify a password; MAX_FAILURES failures in a row lock the name for LOCKOUT_S.
+        """Verify a password; MAX_FAILURES attempts in a row lock the name for LOCKOUT_S.
 
-        The count lives in the store, so every replica sees the same lockout."""
-        now = self._clock()
-        if await self._store.login_locked_until(username, now) is not None:
-            self._metrics.console_logins.labels(outcome="locked").inc()
-            return "locked"
+        The attempt is reserved in the store *before* the password is checked (and counts as a
+        failure until it proves right), so a burst of logins, at one replica or spread over
+        many, gets at most MAX_FAILURES checks, never one per request."""
+        known = username in self._settings.users
+        if known or valid_user_name(username):
+            attempt = await self._store.reserve_login_attempt(
+                username,
+                self._clock(),
+                max_failures=MAX_FAILURES,
+                lockout_s=LOCKOUT_S,
+                forget_s=FAILURES_FORGOTTEN_S,
+            )
+            if attempt is None:
+                self._metrics.console_logins.labels(outcome="locked").inc()
+                return "locked"
+        else:
+            attempt = 0  # not a name any account can have: nothing to lock, never succeeds
         encoded = self._settings.users.get(username)
         if encoded is None:
             if self._dummy_hash is None:
                 self._dummy_hash = await asyncio.to_thread(hash_password, secrets.token_hex(16))
             encoded = self._dummy_hash  # the same work as a real check: no user enumeration
         ok = await asyncio.to_thread(verify_password, password, encoded)
-        if ok and username in self._settings.users:
+        if ok and known:
             await self._store.clear_login_failures(username)
             self._metrics.console_logins.labels(outcome="ok").inc()
             return "ok"
-        failures, _ = await self._store.record_login_failure(
-            username,
-            now,
-            max_failures=MAX_FAILURES,
-            lockout_s=LOCKOUT_S,
-            forget_s=FAILURES_FORGOTTEN_S,
-        )
         self._metrics.console_logins.labels(outcome="failed").inc()
-        log.warning("failed login for a user name (%d in a row)", failures)
+        log.warning("failed login for a user name (%d in a row)", attempt)
         return "failed"
 
     # -- sessions -----------------------------------------------------------------------------

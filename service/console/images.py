@@ -12,6 +12,8 @@ never a bucket URL or a presigned link that could be forwarded:
   so there is nothing to show.
 
 Whatever comes back must be a JPEG or PNG by its magic bytes; the content type is set from them.
+The reference is the typed one of a parsed review record, so odd data (a list for a bucket) never
+reaches this far: the record was refused at intake, or is shown as unreadable.
 """
 
 from __future__ import annotations
@@ -20,34 +22,37 @@ import contextlib
 from typing import Any
 
 import aioboto3
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from service.errors import InputError
 from service.fetch import FetchPolicy, ImageFetcher
 from service.images import check_image
+from service.messages import S3Image, UrlImage
+from service.review.records import ReviewImage
 
 MAX_S3_IMAGE_BYTES = 15 * 1000 * 1000
 CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
 
 
 class ImageUnavailable(Exception):
-    """The image cannot be shown; ``reason`` is safe to display (no URL, no credentials)."""
+    """The image cannot be shown; ``reason`` is safe to display (no URL, no credentials).
 
-    def __init__(self, reason: str, *, stored: bool = True) -> None:
+    ``status`` is the HTTP answer: 404 nothing stored to show (inline bytes), 422 the record's
+    reference cannot name an image, 502 the store or origin failed or sent something else.
+    """
+
+    def __init__(self, reason: str, *, status: int = 502) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.stored = stored  # False: inline bytes, never kept anywhere
+        self.status = status
 
 
-def image_kind(image: object) -> str:
-    if isinstance(image, dict):
-        if isinstance(image.get("s3"), dict):
-            return "s3"
-        if isinstance(image.get("url"), str):
-            return "url"
-        if "bytes" in image:
-            return "bytes"
-    return "unknown"
+def image_kind(image: ReviewImage) -> str:
+    if isinstance(image, S3Image):
+        return "s3"
+    if isinstance(image, UrlImage):
+        return "url"
+    return "bytes"
 
 
 class ImageSource:
@@ -72,35 +77,31 @@ class ImageSource:
         await self._stack.aclose()
         await self._fetcher.close()
 
-    async def load(self, image: object) -> tuple[bytes, str]:
+    async def load(self, image: ReviewImage) -> tuple[bytes, str]:
         """The image bytes and their content type, or :class:`ImageUnavailable`."""
-        kind = image_kind(image)
-        assert isinstance(image, dict) or kind == "unknown"
-        if kind == "s3":
-            data = await self._load_s3(image["s3"])  # type: ignore[index]
-        elif kind == "url":
+        if isinstance(image, S3Image):
+            data = await self._load_s3(image)
+        elif isinstance(image, UrlImage):
             try:
-                data = await self._fetcher.fetch(image["url"])  # type: ignore[index]
+                data = await self._fetcher.fetch(image.url)
             except InputError as exc:
                 raise ImageUnavailable(
                     f"the image URL could not be fetched ({exc.reason})"
                 ) from exc
-        elif kind == "bytes":
-            raise ImageUnavailable("inline image, not stored", stored=False)
         else:
-            raise ImageUnavailable("the record has no image reference")
+            raise ImageUnavailable("inline image, not stored", status=404)
         try:
             fmt = check_image(data, MAX_S3_IMAGE_BYTES)
         except InputError as exc:
             raise ImageUnavailable(f"not a displayable image ({exc.reason})") from exc
         return data, CONTENT_TYPES[fmt]
 
-    async def _load_s3(self, ref: dict[str, Any]) -> bytes:
+    async def _load_s3(self, ref: S3Image) -> bytes:
         if self._s3 is None:
             raise ImageUnavailable("the S3 client is not started")
-        request: dict[str, Any] = {"Bucket": ref.get("bucket"), "Key": ref.get("key")}
-        if ref.get("version"):
-            request["VersionId"] = ref["version"]
+        request: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
+        if ref.version:
+            request["VersionId"] = ref.version
         try:
             response = await self._s3.get_object(**request)
             async with response["Body"] as body:
@@ -110,6 +111,10 @@ class ImageSource:
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", "error"))
             raise ImageUnavailable(f"the S3 object could not be read ({code})") from exc
+        except ParamValidationError as exc:  # e.g. a bucket name S3 cannot have
+            raise ImageUnavailable(
+                "the record's S3 reference is not a valid bucket and key", status=422
+            ) from exc
         except BotoCoreError as exc:
             raise ImageUnavailable(f"S3 is unreachable ({type(exc).__name__})") from exc
         return data

@@ -9,6 +9,12 @@ by loop name, so a redelivery changes nothing and a requeue (the sink's ``requeu
 
 Items of managed A2I loops are left to A2I's workers unless ``MODERATION_CONSOLE_INCLUDE_MANAGED``
 is set; two paths answering one loop would be decided by whichever came first.
+
+Every record is parsed with the shared :func:`~service.review.records.parse_review_record` (the
+sink's parser too) before it is stored. One that is not a review record (bad JSON, a confidence
+of ``"abc"``, a list for a bucket) goes to the DLQ with reason ``invalid_review_record`` and
+``consumer: console``, and the offset is committed only after the broker acknowledged that dead
+letter: a bad record is neither lost nor stored, so it can never break a page for every reviewer.
 """
 
 from __future__ import annotations
@@ -17,80 +23,35 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
 
-import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from service.console.metrics import ConsoleMetrics
 from service.console.store import ConsoleStore, StoreError
+from service.errors import InputError, Reason
+from service.kafka.poison import PoisonSafeConsumer, Polled, UndecodableRecord
+from service.messages import Source, id_of_invalid
+from service.publisher import Publisher, publish_dead_letter
 from service.retry import full_jitter
+from service.review.records import ReviewRecord, parse_review_record, review_record_limit
 from service.runner import kafka_client_options
 from service.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class ReviewItem:
-    loop_name: str
-    request_id: str
-    mode: str
-    created_at: float
-    deadline: float
-    requeued: int
+CONSUMER = "console"  # the DLQ record's ``consumer``: who dead-lettered it
 
 
-def _epoch(text: object) -> float | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def parse_review(value: bytes | None, *, sla_s: float, now: float) -> ReviewItem:
-    """The fields the console needs from a review record; ValueError if it is not one."""
-    if value is None:
-        raise ValueError("record has no value")
-    try:
-        record = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"not JSON: {exc}") from exc
-    if not isinstance(record, dict) or not isinstance(record.get("review"), dict):
-        raise ValueError("not a review record (no 'review' object)")  # noqa: TRY004  (one type)
-    review = record["review"]
-    loop = review.get("human_loop_name")
-    request_id = record.get("id")
-    if not isinstance(loop, str) or not loop or len(loop) > 63:
-        raise ValueError("review.human_loop_name must be a string of 1-63 characters")
-    if not isinstance(request_id, str) or not request_id:
-        raise ValueError("id must be a non-empty string")
-    created = _epoch(review.get("created_at")) or now
-    deadline = _epoch(review.get("deadline")) or created + sla_s
-    requeued = review.get("requeued", 0)
-    return ReviewItem(
-        loop_name=loop,
-        request_id=request_id,
-        mode=str(review.get("mode", "self_hosted")),
-        created_at=created,
-        deadline=deadline,
-        requeued=requeued if isinstance(requeued, int) else 0,
-    )
-
-
-async def store_review(store: ConsoleStore, item: ReviewItem, record: bytes, now: float) -> bool:
+async def store_review(store: ConsoleStore, review: ReviewRecord, value: bytes, now: float) -> bool:
     """Add or refresh the queue item of a parsed review record; whether anything changed."""
     return await store.upsert_item(
-        loop_name=item.loop_name,
-        request_id=item.request_id,
-        record=record,
-        created_at=item.created_at,
-        deadline=item.deadline,
-        requeued=item.requeued,
+        loop_name=review.loop_name,
+        request_id=review.id,
+        record=value,
+        created_at=review.created_at.timestamp(),
+        deadline=review.deadline.timestamp(),
+        requeued=review.requeued,
         now=now,
     )
 
@@ -106,8 +67,8 @@ class Intake:
         store: ConsoleStore,
         metrics: ConsoleMetrics,
         clock: Callable[[], float],
-        sla_s: float,
         include_managed: bool,
+        dlq_max_record_bytes: int,
     ) -> None:
         self._kafka = kafka
         self._bootstrap = bootstrap
@@ -116,69 +77,91 @@ class Intake:
         self._store = store
         self._metrics = metrics
         self._clock = clock
-        self._sla_s = sla_s
         self._include_managed = include_managed
+        self._max_record_bytes = review_record_limit(kafka.max_input_bytes)
+        self._dlq_max_record_bytes = dlq_max_record_bytes
         self.started = False
 
-    async def store_record(self, value: bytes | None) -> str:
-        """Store one record; returns the outcome (also counted). Raises StoreError to retry."""
-        try:
-            item = parse_review(value, sla_s=self._sla_s, now=self._clock())
-        except ValueError as exc:
-            log.warning("review record ignored by the console: %s", exc)
-            outcome = "malformed"
-        else:
-            if item.mode == "managed" and not self._include_managed:
-                outcome = "skipped_managed"
-            else:
-                assert value is not None
-                changed = await store_review(self._store, item, value, self._clock())
-                outcome = "stored" if changed else "unchanged"
-        self._metrics.console_intake.labels(outcome=outcome).inc()
-        return outcome
+    def parse(self, value: bytes | None) -> ReviewRecord:
+        """The shared parser (the sink's too), with the largest record the pipeline may write."""
+        return parse_review_record(value, max_bytes=self._max_record_bytes)
+
+    async def store_record(self, review: ReviewRecord, value: bytes) -> str:
+        """Store one valid record; returns the outcome. Raises StoreError to retry."""
+        if review.mode == "managed" and not self._include_managed:
+            return "skipped_managed"
+        changed = await store_review(self._store, review, value, self._clock())
+        return "stored" if changed else "unchanged"
 
     async def run(self, stop: asyncio.Event) -> None:
+        producer = AIOKafkaProducer(
+            acks="all",
+            enable_idempotence=self._kafka.enable_idempotence,
+            linger_ms=0,
+            request_timeout_ms=15_000,
+            **kafka_client_options(self._kafka, self._bootstrap),
+        )
+        fetch_bytes = max(self._max_record_bytes, 1024 * 1024) * 2
         consumer = AIOKafkaConsumer(
-            self._topic,
             group_id=self._group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=self._kafka.session_timeout_ms,
             heartbeat_interval_ms=max(300, self._kafka.session_timeout_ms // 3),
             fetch_max_wait_ms=self._kafka.fetch_max_wait_ms,
-            max_partition_fetch_bytes=max(self._kafka.max_input_bytes, 1024 * 1024) * 2,
+            max_partition_fetch_bytes=fetch_bytes,
             fetch_max_bytes=64 * 1024 * 1024,
             **kafka_client_options(self._kafka, self._bootstrap),
         )
-        await consumer.start()
-        self.started = True
-        log.info("console intake consuming %s as group %s", self._topic, self._group_id)
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(producer.stop)  # also after a failed start
+            await producer.start()
+            publisher = Publisher(producer, self._metrics)
+            safe = PoisonSafeConsumer(
+                consumer,
+                kafka_client_options(self._kafka, self._bootstrap),
+                max_partition_fetch_bytes=fetch_bytes,
+            )
+            consumer.subscribe([self._topic], listener=safe.listener())
+            stack.push_async_callback(self._stop_consumer, consumer)
+            stack.push_async_callback(safe.close)
+            await consumer.start()
+            self.started = True
+            log.info("console intake consuming %s as group %s", self._topic, self._group_id)
             while not stop.is_set():
-                batches = await consumer.getmany(timeout_ms=500, max_records=200)
+                batches = await safe.getmany(timeout_ms=500, max_records=200)
                 records = [record for batch in batches.values() for record in batch]
                 if not records:
                     continue
-                await self._store_all([r.value for r in records], stop)
+                await self._handle_all(records, publisher, stop)
                 if stop.is_set():
-                    break  # not all stored: leave the offsets, the records come again
+                    break  # not all handled: leave the offsets, the records come again
                 try:
                     await consumer.commit()
                 except (CommitFailedError, KafkaError) as exc:
                     # A rebalance took the partitions away: the new owner re-reads and
                     # re-stores them (idempotently).
                     log.warning("console intake commit failed: %r", exc)
-        finally:
-            self.started = False
-            with contextlib.suppress(KafkaError):
-                await consumer.stop()
 
-    async def _store_all(self, values: list[bytes | None], stop: asyncio.Event) -> None:
+    async def _stop_consumer(self, consumer: AIOKafkaConsumer) -> None:
+        self.started = False
+        with contextlib.suppress(KafkaError):
+            await consumer.stop()
+
+    async def _handle_all(
+        self,
+        records: list[Polled],
+        publisher: Publisher,
+        stop: asyncio.Event,
+    ) -> None:
+        """Store each valid record and dead-letter each invalid one, in order; a store or
+        broker failure is retried (with backoff) until it works or the console stops."""
         index = 0
         attempt = 0
-        while index < len(values) and not stop.is_set():
+        while index < len(records) and not stop.is_set():
+            record = records[index]
             try:
-                await self.store_record(values[index])
+                outcome = await self._handle(record, publisher)
             except StoreError as exc:
                 attempt += 1
                 delay = full_jitter(attempt, base=0.5, cap=30.0)
@@ -188,5 +171,51 @@ class Intake:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 continue
+            self._metrics.console_intake.labels(outcome=outcome).inc()
             attempt = 0
             index += 1
+
+    async def _handle(self, record: Polled, publisher: Publisher) -> str:
+        if isinstance(record, UndecodableRecord):
+            await self._dead_letter(
+                record, InputError(Reason.UNDECODABLE_RECORD, record.error), publisher
+            )
+            return "dead_lettered"
+        try:
+            review = self.parse(record.value)
+        except InputError as exc:
+            await self._dead_letter(record, exc, publisher)
+            return "dead_lettered"
+        assert record.value is not None  # the parser refuses tombstones
+        return await self.store_record(review, record.value)
+
+    async def _dead_letter(self, record: Polled, error: InputError, publisher: Publisher) -> None:
+        """Publish the record to the DLQ and wait for the broker's ack (before any commit).
+
+        Broker trouble is retried inside :class:`Publisher` (the offset waits); a DLQ that refuses
+        even the sized dead letter gets one without the original, as the pipeline does.
+        """
+        log.warning(
+            "review record %s/%d@%d dead-lettered: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            error.message,
+        )
+        source = Source(record.topic, record.partition, record.offset, record.timestamp)
+        request_id = id_of_invalid(record.value, self._max_record_bytes)
+        await publish_dead_letter(
+            publisher,
+            self._kafka.dlq_topic,
+            key=record.key,
+            value=record.value,
+            headers=list(record.headers),
+            source=source,
+            reason=error.reason,
+            message=error.message,
+            attempts=1,
+            request_id=request_id,
+            consumer=CONSUMER,
+            max_record_bytes=self._dlq_max_record_bytes,
+        )
+        self._metrics.dead_letters.labels(reason=str(error.reason)).inc()

@@ -57,7 +57,7 @@ class ConsoleMetrics(Metrics):
         self.console_intake = Counter(
             "moderation_console_intake_records",
             "Review-topic records seen by the console, by outcome: stored, unchanged, "
-            "skipped_managed, malformed.",
+            "skipped_managed, dead_lettered (not a review record: sent to the DLQ).",
             ["outcome"],
             registry=r,
         )

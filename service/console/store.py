@@ -35,7 +35,8 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import orjson
 
-from service.errors import ServiceError
+from service.errors import InputError, ServiceError
+from service.review.records import ReviewRecord, parse_review_record
 
 T = TypeVar("T")
 PENDING = "pending"
@@ -105,7 +106,8 @@ class StoreError(ServiceError):
 class Item:
     loop_name: str
     request_id: str
-    record: dict[str, Any]
+    record: dict[str, Any]  # the stored record as JSON ({} if it is not a JSON object)
+    review: ReviewRecord | None  # the record parsed; None: unreadable (stored before validation)
     created_at: float
     deadline: float
     status: str
@@ -145,6 +147,7 @@ class Decision:
 class HistoryEntry:
     decision: Decision
     record: dict[str, Any]
+    review: ReviewRecord | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,11 +367,28 @@ class _PostgresConnection:
 # -- the store ------------------------------------------------------------------------------------
 
 
+def _read_record(text: str) -> tuple[dict[str, Any], ReviewRecord | None]:
+    """A stored record, parsed like intake parses it; rows stored before intake validated
+    records (or by hand) come back unreadable instead of failing whoever reads them."""
+    data = text.encode()
+    try:
+        review = parse_review_record(data, max_bytes=len(data))
+    except InputError:
+        try:
+            raw = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raw = None
+        return (raw if isinstance(raw, dict) else {}), None
+    return review.raw, review
+
+
 def _item(row: Sequence[Any]) -> Item:
+    record, review = _read_record(row[2])
     return Item(
         loop_name=row[0],
         request_id=row[1],
-        record=orjson.loads(row[2]),
+        record=record,
+        review=review,
         created_at=float(row[3]),
         deadline=float(row[4]),
         status=row[5],
@@ -378,6 +398,11 @@ def _item(row: Sequence[Any]) -> Item:
         received_at=float(row[9]),
         requeued=int(row[10]),
     )
+
+
+def _text(value: str) -> str:
+    """``value`` as a TEXT column can hold it: PostgreSQL refuses NUL, which any id may carry."""
+    return value.replace("\x00", "\ufffd")
 
 
 _DECISION_COLUMNS = (
@@ -458,7 +483,7 @@ class ConsoleStore:
                 " WHERE console_items.status = 'pending'"
                 " AND excluded.requeued > console_items.requeued",
                 loop_name,
-                request_id,
+                _text(request_id),
                 record.decode(),
                 float(created_at),
                 float(deadline),
@@ -698,7 +723,7 @@ class ConsoleStore:
                 *params,
                 int(limit),
             )
-        return [HistoryEntry(_decision(row[:-1]), orjson.loads(row[-1])) for row in rows]
+        return [HistoryEntry(_decision(row[:-1]), *_read_record(row[-1])) for row in rows]
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -731,27 +756,21 @@ class ConsoleStore:
         async with self._db.transaction() as tx:
             await tx.execute("DELETE FROM console_sessions WHERE id_hash = ?", id_hash)
 
-    # -- login failures (shared, so a guesser gets the same few tries however many replicas) --
+    # -- login attempts (shared, so a guesser gets the same few tries however many replicas) --
 
-    async def login_locked_until(self, username: str, now: float) -> float | None:
-        """When ``username``'s lockout ends, if it is locked out at ``now``."""
-        async with self._db.transaction() as tx:
-            rows = await tx.fetch(
-                "SELECT locked_until FROM console_login_failures"
-                " WHERE username = ? AND locked_until > ?",
-                username,
-                float(now),
-            )
-        return float(rows[0][0]) if rows else None
-
-    async def record_login_failure(
+    async def reserve_login_attempt(
         self, username: str, now: float, *, max_failures: int, lockout_s: float, forget_s: float
-    ) -> tuple[int, float]:
-        """Count one more failure in a row: (failures, locked until; 0 if not locked).
+    ) -> int | None:
+        """Reserve the right to check one password for ``username``; None while it is locked out.
 
-        One atomic upsert, so failures from several replicas at once all count. From
-        ``max_failures`` on, each failure locks the name for ``lockout_s``; a run of failures
-        older than ``forget_s`` is forgotten (which also bounds the table under a spray of names).
+        The attempt counts as a failure from the moment it is reserved, before the password is
+        checked, until :meth:`clear_login_failures` (the password was right) ends the run. So a
+        burst of logins, at one replica or many, cannot all be checked: reserving is one atomic
+        upsert (SQLite serialises writers; PostgreSQL's ``ON CONFLICT DO UPDATE`` locks the row
+        and re-checks the ``WHERE`` on its newest version), and the ``max_failures``-th
+        reservation in a row, and every later one, locks the name for ``lockout_s``. A run older
+        than ``forget_s`` is forgotten (which also bounds the table under a spray of names).
+        Returns the attempt's number in the run.
         """
         async with self._db.transaction() as tx:
             await tx.execute(
@@ -759,30 +778,31 @@ class ConsoleStore:
                 float(now - forget_s),
                 float(now),
             )
-            await tx.execute(
+            rows = await tx.fetch(
                 "INSERT INTO console_login_failures"
                 " (username, failures, locked_until, last_failure) VALUES (?, 1, ?, ?)"
                 " ON CONFLICT (username) DO UPDATE SET"
                 " failures = console_login_failures.failures + 1,"
                 " locked_until = CASE WHEN console_login_failures.failures + 1 >= ?"
                 " THEN CAST(? AS DOUBLE PRECISION) ELSE CAST(0 AS DOUBLE PRECISION) END,"
-                " last_failure = ?",
-                username,
+                " last_failure = ?"
+                " WHERE console_login_failures.locked_until <= ?"
+                " RETURNING failures",
+                _text(username),
                 float(now + lockout_s) if max_failures <= 1 else 0.0,
                 float(now),
                 int(max_failures),
                 float(now + lockout_s),
                 float(now),
+                float(now),
             )
-            rows = await tx.fetch(
-                "SELECT failures, locked_until FROM console_login_failures WHERE username = ?",
-                username,
-            )
-        return int(rows[0][0]), float(rows[0][1])
+        return int(rows[0][0]) if rows else None
 
     async def clear_login_failures(self, username: str) -> None:
         async with self._db.transaction() as tx:
-            await tx.execute("DELETE FROM console_login_failures WHERE username = ?", username)
+            await tx.execute(
+                "DELETE FROM console_login_failures WHERE username = ?", _text(username)
+            )
 
 
 def open_store(kind: str, *, path: Path | None, dsn: str | None) -> ConsoleStore:

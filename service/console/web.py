@@ -37,6 +37,8 @@ from service.console.metrics import ConsoleMetrics
 from service.console.settings import ConsoleSettings
 from service.console.store import ConsoleStore, Decision, Item, StoreError
 from service.fetch import redact_url
+from service.messages import S3Image, UrlImage
+from service.review.records import ReviewRecord
 from service.taxonomy import TOP_LEVEL_CATEGORIES, V7_LABELS
 
 log = logging.getLogger(__name__)
@@ -119,22 +121,32 @@ def taxonomy_tree() -> list[dict[str, Any]]:
     return [{"name": top, "level": 1, "children": children(top)} for top in TOP_LEVEL_CATEGORIES]
 
 
-def _image_summary(image: object) -> dict[str, Any]:
-    kind = image_kind(image)
-    summary: dict[str, Any] = {"kind": kind}
-    if kind == "s3" and isinstance(image, dict):
-        summary["where"] = f"s3://{image['s3'].get('bucket')}/{image['s3'].get('key')}"
-    elif kind == "url" and isinstance(image, dict):
-        summary["where"] = redact_url(image["url"])
-    elif kind == "bytes" and isinstance(image, dict) and isinstance(image.get("bytes"), dict):
-        summary["sha256"] = image["bytes"].get("sha256")
-        summary["size"] = image["bytes"].get("size")
+def _image_summary(review: ReviewRecord | None) -> dict[str, Any]:
+    if review is None:
+        return {"kind": "unreadable"}
+    image = review.image
+    summary: dict[str, Any] = {"kind": image_kind(image)}
+    if isinstance(image, S3Image):
+        summary["where"] = f"s3://{image.bucket}/{image.key}"
+    elif isinstance(image, UrlImage):
+        summary["where"] = redact_url(image.url)
+    else:
+        summary["sha256"] = image.sha256
+        summary["size"] = image.size
     return summary
 
 
-def _model_labels(record: dict[str, Any]) -> list[dict[str, Any]]:
-    labels = [label for label in record.get("labels") or [] if isinstance(label, dict)]
-    return sorted(labels, key=lambda label: -float(label.get("confidence") or 0))
+def _model_labels(review: ReviewRecord | None) -> list[dict[str, Any]]:
+    labels = review.labels if review is not None else ()
+    return [
+        {
+            "name": label.name,
+            "parent": label.parent,
+            "confidence": label.confidence,
+            "taxonomy_level": label.taxonomy_level,
+        }
+        for label in sorted(labels, key=lambda label: -label.confidence)
+    ]
 
 
 class ConsoleWeb:
@@ -213,13 +225,32 @@ class ConsoleWeb:
 
     @web.middleware
     async def _security_headers(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The outermost layer: every answer, errors included, leaves with the same headers.
+
+        An exception no handler expected becomes a plain 500 here (a store failure a 503)
+        rather than aiohttp's own page, which would carry none of the headers.
+        """
         try:
             response = await handler(request)
         except web.HTTPException as exc:
             self._harden(exc.headers, request.path)
             raise
+        except StoreError as exc:
+            log.warning("%s %s: the store failed: %s", request.method, request.path, exc)
+            response = self._failure(request, 503, "the console store is unavailable")
+        except Exception:  # one bad request must not leave unhardened (or leak a traceback)
+            log.exception("%s %s failed", request.method, request.path)
+            response = self._failure(request, 500, "internal error")
         self._harden(response.headers, request.path)
         return response
+
+    @staticmethod
+    def _failure(request: web.Request, status: int, message: str) -> web.Response:
+        if request.path.startswith("/api/"):
+            return web.Response(
+                text=_error(message), status=status, content_type="application/json"
+            )
+        return web.Response(text=message + "\n", status=status)
 
     def _harden(self, headers: Any, path: str) -> None:
         headers.setdefault("Content-Security-Policy", CSP)
@@ -304,8 +335,9 @@ class ConsoleWeb:
         }
 
     def item_json(self, item: Item, user: str) -> dict[str, Any]:
+        """What pages and the API show of an item; an unreadable record shows as such."""
         now = self.clock()
-        review = item.record.get("review") or {}
+        review = item.review
         active_claim = item.claim_expires is not None and item.claim_expires > now
         return {
             "loop_name": item.loop_name,
@@ -316,9 +348,10 @@ class ConsoleWeb:
             "claimed_by": item.claimed_by if active_claim or item.claimed_by == user else None,
             "claim_expires": item.claim_expires if item.claimed_by else None,
             "yours": item.held_by(user),
-            "labels": _model_labels(item.record),
-            "activation_reasons": review.get("activation_reasons") or [],
-            "image": _image_summary(item.record.get("image")),
+            "unreadable": review is None,
+            "labels": _model_labels(review),
+            "activation_reasons": list(review.activation_reasons) if review else [],
+            "image": _image_summary(review),
         }
 
     # -- probes and static --------------------------------------------------------------------
@@ -444,16 +477,16 @@ class ConsoleWeb:
     def _render_item(
         self, request: web.Request, item: Item, *, error: str = "", status: int = 200
     ) -> web.Response:
-        review = item.record.get("review") or {}
-        results = review.get("activation_results")
-        attributes = item.record.get("attributes")
+        review = item.review
+        results = review.activation_results if review else None
+        attributes = review.attributes if review else None
         return self.render(
             "item.html",
             status=status,
             **self.base_context(request),
             item=item,
             info=self.item_json(item, self.identity(request).user),
-            review=review,
+            fallback_reason=review.fallback_reason if review else None,
             results=orjson.dumps(results, option=orjson.OPT_INDENT_2).decode()
             if results is not None
             else "",
@@ -555,12 +588,17 @@ class ConsoleWeb:
         if not item.held_by(user):
             self.metrics.console_refused.labels(reason="forbidden").inc()
             raise web.HTTPForbidden(text="claim the item to see its image\n")
-        try:
-            data, content_type = await self.images.load(item.record.get("image"))
-        except ImageUnavailable as exc:
-            status = 404 if not exc.stored else 502
+        if item.review is None:
             return web.Response(
-                status=status,
+                status=422,
+                text="the item's review record is unreadable: it names no image to show\n",
+                headers={"Cache-Control": "no-store, private"},
+            )
+        try:
+            data, content_type = await self.images.load(item.review.image)
+        except ImageUnavailable as exc:
+            return web.Response(
+                status=exc.status,
                 text=exc.reason + "\n",
                 headers={"Cache-Control": "no-store, private"},
             )
@@ -609,7 +647,8 @@ class ConsoleWeb:
                 "submitted_at": entry.decision.submitted_at,
                 "output_uri": entry.decision.output_uri,
                 "delivered_at": entry.decision.published_at,
-                "model_labels": _model_labels(entry.record),
+                "unreadable": entry.review is None,
+                "model_labels": _model_labels(entry.review),
             }
             for entry in found
         ]
@@ -679,8 +718,8 @@ class ConsoleWeb:
         if not item.held_by(user) and not self.auth.is_lead(user):
             return _json({"error": "claim the item first"}, status=403)
         details = self.item_json(item, user)
-        details["attributes"] = item.record.get("attributes")
-        details["activation_results"] = (item.record.get("review") or {}).get("activation_results")
+        details["attributes"] = item.review.attributes if item.review else None
+        details["activation_results"] = item.review.activation_results if item.review else None
         return _json({"item": details})
 
     async def api_claim(self, request: web.Request) -> web.Response:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError, for_code
 from aiokafka.protocol.fetch import FetchRequest
@@ -82,6 +82,10 @@ class PoisonSafeConsumer:
         """Drop what we know of revoked partitions (the next owner starts from the commit)."""
         for tp in partitions:
             self._next.pop(tp, None)
+
+    def listener(self) -> ConsumerRebalanceListener:
+        """For consumers that need no rebalance listener of their own: forgets on revoke."""
+        return _Forget(self)
 
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int, max_records: int | None = None
@@ -204,3 +208,14 @@ def _text_or_bytes(name: bytes) -> str | bytes:
         return name.decode("utf-8")
     except UnicodeDecodeError:
         return name
+
+
+class _Forget(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, safe: PoisonSafeConsumer) -> None:
+        self._safe = safe
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self._safe.forget(revoked)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        return None

@@ -177,9 +177,11 @@ async def add_item(console: Console, clock: FakeClock, request_id: str, **kwargs
     kwargs.setdefault("deadline", clock() + 3600)
     loop, value = review_record(request_id, **kwargs)
     assert console.intake is None
-    from service.console.intake import parse_review, store_review
+    from service.console.intake import store_review
+    from service.review.records import parse_review_record
 
-    await store_review(console.store, parse_review(value, sla_s=3600, now=clock()), value, clock())
+    parsed = parse_review_record(value, max_bytes=len(value))
+    await store_review(console.store, parsed, value, clock())
     return loop
 
 
@@ -201,16 +203,21 @@ class Reviewer:
     async def close(self) -> None:
         await self.http.close()
 
-    async def login_response(self, password: str | None = None) -> aiohttp.ClientResponse:
+    async def login_form_token(self) -> str:
+        """Open the login page (which sets the login cookie) and return its form token."""
         async with self.http.get("/login") as page:
             match = _TOKEN.search(await page.text())
             assert match, "login form has no token"
+        return match.group(1)
+
+    async def login_response(self, password: str | None = None) -> aiohttp.ClientResponse:
+        token = await self.login_form_token()
         return await self.http.post(
             "/login",
             data={
                 "username": self.name,
                 "password": password or self.password,
-                "login_token": match.group(1),
+                "login_token": token,
                 "next": "/queue",
             },
             allow_redirects=False,

@@ -104,6 +104,7 @@ async def test_one_decision_per_item_and_the_outbox(
     assert (counts.pending, counts.unpublished) == (0, 0)
     (entry,) = await b.history(limit=10)
     assert entry.decision.reviewer == "alice" and entry.record["id"] == "decide"
+    assert entry.review is None  # put() stores a stub, not a review record: unreadable
 
 
 async def test_redelivery_changes_nothing_and_a_requeue_renews_the_deadline(
@@ -157,40 +158,59 @@ async def test_sessions_expire(two_stores: tuple[ConsoleStore, ConsoleStore]) ->
     assert await a.session("h1", NOW) is None
 
 
-async def test_login_failures_are_counted_across_replicas_and_lock_the_name(
+async def reserve(store: ConsoleStore, name: str = "bob", now: float = NOW) -> int | None:
+    return await store.reserve_login_attempt(name, now, max_failures=5, lockout_s=60, forget_s=900)
+
+
+async def test_login_attempts_are_reserved_across_replicas_and_lock_the_name(
     two_stores: tuple[ConsoleStore, ConsoleStore],
 ) -> None:
     a, b = two_stores
-
-    async def fail(store: ConsoleStore, now: float = NOW) -> tuple[int, float]:
-        return await store.record_login_failure(
-            "bob", now, max_failures=5, lockout_s=60, forget_s=900
-        )
-
-    # Failures arriving at both replicas at once all count: the upsert is atomic.
-    counts = await asyncio.gather(*(fail(store) for store in (a, b, a, b)))
-    assert sorted(failures for failures, _ in counts) == [1, 2, 3, 4]
-    assert all(locked == 0 for _, locked in counts)
-    assert await a.login_locked_until("bob", NOW) is None
-    assert await fail(b) == (5, NOW + 60)  # the fifth in a row locks, whichever replica saw it
-    assert await a.login_locked_until("bob", NOW + 59) == NOW + 60
-    assert await a.login_locked_until("alice", NOW) is None  # per name
-    assert await b.login_locked_until("bob", NOW + 60) is None  # the lockout ends
-    assert await fail(a, NOW + 61) == (6, NOW + 121)  # but the run goes on: one more relocks
+    # Attempts arriving at both replicas at once all count: the reservation is atomic.
+    numbers = await asyncio.gather(*(reserve(store) for store in (a, b, a, b)))
+    assert sorted(n for n in numbers if n is not None) == [1, 2, 3, 4]
+    assert await reserve(b) == 5  # the fifth may still be checked, and locks the name
+    assert await reserve(a, now=NOW + 59) is None
+    assert await reserve(a, "alice") == 1  # per name
+    assert await reserve(b, now=NOW + 60) == 6  # the lockout ended; the run goes on and relocks
+    assert await reserve(a, now=NOW + 61) is None
     await b.clear_login_failures("bob")  # a successful login ends the run
-    assert await fail(a, NOW + 62) == (1, 0.0)
+    assert await reserve(a, now=NOW + 62) == 1
 
 
-async def test_an_old_run_of_login_failures_is_forgotten(
+async def test_a_burst_of_reservations_gets_exactly_the_limit(
+    two_stores: tuple[ConsoleStore, ConsoleStore],
+) -> None:
+    a, b = two_stores
+    numbers = await asyncio.gather(*(reserve(a if i % 2 else b) for i in range(30)))
+    assert sorted(n for n in numbers if n is not None) == [1, 2, 3, 4, 5]
+    assert numbers.count(None) == 25
+
+
+async def test_an_old_run_of_login_attempts_is_forgotten(
     two_stores: tuple[ConsoleStore, ConsoleStore],
 ) -> None:
     a, b = two_stores
     for _ in range(4):
-        await a.record_login_failure("bob", NOW, max_failures=5, lockout_s=60, forget_s=900)
+        await reserve(a)
     later = NOW + 901
-    assert await b.record_login_failure(
-        "carol", later, max_failures=5, lockout_s=60, forget_s=900
-    ) == (1, 0.0)  # any failure prunes runs older than forget_s, so the table stays small
-    assert await b.record_login_failure(
-        "bob", later, max_failures=5, lockout_s=60, forget_s=900
-    ) == (1, 0.0)
+    assert await reserve(b, "carol", later) == 1  # any attempt prunes runs older than forget_s
+    assert await reserve(b, "bob", later) == 1
+
+
+async def test_a_request_id_with_nul_is_stored(
+    two_stores: tuple[ConsoleStore, ConsoleStore],
+) -> None:
+    """PostgreSQL text cannot hold NUL, but the pipeline accepts any id: intake must not wedge."""
+    a, b = two_stores
+    assert await a.upsert_item(
+        loop_name="mnul",
+        request_id="a\x00b",
+        record=b"{}",
+        created_at=NOW,
+        deadline=NOW + 60,
+        requeued=0,
+        now=NOW,
+    )
+    item = await b.item("mnul")
+    assert item is not None and item.request_id == "a\ufffdb" and item.review is None

@@ -57,7 +57,7 @@ async def test_plain_aiokafka_raises_on_the_record(kafka_bootstrap: str) -> None
     await _produce(kafka_bootstrap, topic)
     consumer = await _consumer(kafka_bootstrap, topic)
     try:
-        with pytest.raises(UnicodeDecodeError):
+        with pytest.raises(UnicodeDecodeError):  # noqa: PT012  (the record arrives in some poll)
             for _ in range(100):
                 await consumer.getmany(timeout_ms=200)
     finally:

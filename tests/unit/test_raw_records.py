@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from aiokafka.codec import has_lz4, has_snappy, has_zstd
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
@@ -83,7 +85,5 @@ def test_a_flipped_byte_fails_the_crc() -> None:
 
 @given(st.binary(max_size=300))
 def test_garbage_never_raises_anything_but_corrupt_batch(data: bytes) -> None:
-    try:
+    with contextlib.suppress(CorruptBatch):
         list(split_records(data))
-    except CorruptBatch:
-        pass
