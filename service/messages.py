@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -21,6 +21,7 @@ from service.images import decode_base64_image
 
 SCHEMA_VERSION = 1
 MAX_ID_LENGTH = 128
+MAX_ATTRIBUTE_NESTING = 64
 
 Headers = list[tuple[str, bytes]]
 Verdict = Literal["approved", "rejected", "review"]
@@ -119,6 +120,11 @@ def parse_request(
     attributes = body.get("attributes")
     if attributes is not None and not isinstance(attributes, dict):
         raise InputError(Reason.INVALID_FIELD, "'attributes' must be an object")
+    if attributes is not None and _nesting(attributes) > MAX_ATTRIBUTE_NESTING:
+        # orjson reads 1024 levels but writes only 254: the verdict could not be written.
+        raise InputError(
+            Reason.INVALID_FIELD, f"'attributes' nest deeper than {MAX_ATTRIBUTE_NESTING} levels"
+        )
 
     min_confidence = body.get("min_confidence")
     if min_confidence is not None and (
@@ -134,6 +140,25 @@ def parse_request(
         attributes=attributes,
         min_confidence=float(min_confidence) if min_confidence is not None else None,
     )
+
+
+def _nesting(value: object) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (iteratively: no recursion)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_ATTRIBUTE_NESTING:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def id_of_invalid(value: bytes | None, max_record_bytes: int) -> str | None:

@@ -569,3 +569,18 @@ def test_output_headers_error_reason() -> None:
 def test_output_headers_without_extras_is_a_copy() -> None:
     original = [("a", b"1"), ("a", b"2")]
     assert output_headers(original) == original
+
+
+def nested_request(request_id: str, levels: int) -> bytes:
+    attributes = b'{"x":' * levels + b"1" + b"}" * levels
+    image = b'"image":{"url":"https://example.com/a.png"}'
+    return b'{"id":"' + request_id.encode() + b'",' + image + b',"attributes":' + attributes + b"}"
+
+
+def test_attributes_nested_too_deeply_are_refused_at_parse() -> None:
+    # orjson parses 1024 levels but writes only 254: such a request once became internal_error.
+    with pytest.raises(InputError) as caught:
+        parse_request(nested_request("deep", 300), max_record_bytes=1 << 20, max_image_bytes=1024)
+    assert caught.value.reason is Reason.INVALID_FIELD
+    parsed = parse_request(nested_request("ok", 64), max_record_bytes=1 << 20, max_image_bytes=1024)
+    assert orjson.loads(orjson.dumps(parsed.attributes))
