@@ -69,8 +69,8 @@ SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 ORIGIN_HOST = "127.0.0.2"  # allow-listed for fetching; 127.0.0.1 and localhost stay forbidden
 
 #: Classes whose outcome is known to be wrong on main: kind -> what happens instead. Each is
-#: left out of test_each_class_lands_where_it_should and checked by a strict xfail of its own
-#: (test_known_issue), which starts failing the day it is fixed: then delete the entry.
+#: left out of test_each_class_lands_where_it_should; give it a strict xfail test of its own
+#: when you add one, so it starts failing the day it is fixed.
 KNOWN_ISSUES: dict[str, str] = {
     # Empty: the one class this suite found wrong (attributes nested deeper than orjson writes,
     # dead-lettered as internal_error) is refused at parse time now (invalid_field).
