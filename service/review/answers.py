@@ -4,6 +4,10 @@ A reviewer picks the labels that apply; none picked means the image is fine. Wit
 reviewers per task the consensus rule decides: ``any`` (default, fails closed) rejects when any
 reviewer picked a label; ``majority`` rejects when at least half did (a tie rejects). The
 verdict's labels are those picked by the reviewers who rejected, each once.
+
+Answers only count for the loop they were given in: :func:`check_origin` compares the output's
+own ``humanLoopName`` and ``flowDefinitionArn`` with the event's loop, its flow definition and the
+review record's, so an event pointing at another review's answers is ``forged_event``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ class HumanVerdict:
     answers: int
     rejecting: int
     submitted_at: str | None  # the last submission
+    loop_name: str | None = None  # the output's own humanLoopName
+    flow_definition_arn: str | None = None  # the output's own flowDefinitionArn
 
 
 def decide_from_output(raw: bytes, consensus: Literal["any", "majority"]) -> HumanVerdict:
@@ -72,7 +78,44 @@ def decide_from_output(raw: bytes, consensus: Literal["any", "majority"]) -> Hum
         answers=len(picked_by_worker),
         rejecting=len(rejecting),
         submitted_at=max(submitted) if submitted else None,
+        loop_name=_text_or_none(output.get("humanLoopName")),
+        flow_definition_arn=_text_or_none(output.get("flowDefinitionArn")),
     )
+
+
+def check_origin(
+    human: HumanVerdict,
+    *,
+    loop: str,
+    path_flow_name: str | None,
+    event_flow_arn: str | None,
+    record_flow_arn: str | None,
+) -> None:
+    """Raise ``forged_event`` unless these answers were given in ``loop`` under its flow."""
+    if human.loop_name != loop:
+        raise InputError(
+            Reason.FORGED_EVENT,
+            f"output.json answers loop {human.loop_name!r}, not the event's {loop!r}",
+        )
+    flow = human.flow_definition_arn
+    if flow is None:
+        raise InputError(Reason.FORGED_EVENT, "output.json names no flowDefinitionArn")
+    for source, expected in (("event", event_flow_arn), ("review record", record_flow_arn)):
+        if expected is not None and flow != expected:
+            raise InputError(
+                Reason.FORGED_EVENT,
+                f"output.json is from flow definition {flow!r}, not the {source}'s {expected!r}",
+            )
+    if path_flow_name is not None and not flow.endswith(f":flow-definition/{path_flow_name}"):
+        raise InputError(
+            Reason.FORGED_EVENT,
+            f"output.json's flow definition {flow!r} is not the one in its path "
+            f"({path_flow_name!r})",
+        )
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _label(item: dict[str, Any]) -> Label:

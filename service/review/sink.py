@@ -21,6 +21,16 @@ one partition, next to its state in changelog-backed tables:
 (``reject``, ``approve`` or ``requeue``) with ``decided_by: fallback``. Malformed events and
 unreadable outputs go to the DLQ; the sink never stops on bad input.
 
+No event can hold the others up. An agent handles its partition's events one at a time, so
+nothing in an agent sleeps: a read of ``output.json`` is one attempt bounded by timeouts, and when
+the store is unavailable the event waits in ``output-retries`` (a table) while a timer sends it
+back to its loop when its backoff is over; past ``MODERATION_SINK_OUTPUT_RETRY_S`` it is
+dead-lettered (``unreadable_output``) and the review stays pending for its SLA. Events are
+checked before anything is read (size, URI, the loop's own prefix), answers are checked against
+the loop they claim (``forged_event``), events held for loops that never get a review record are
+bounded in age and number (``orphan_completion``), and every send waits for the broker's answer:
+a record the broker refuses for good is dead-lettered instead of killing the agent.
+
 Exactly-once needs Kafka transactions, which the embedded broker lacks: the sink is at-least-once
 with de-duplication by loop. A graceful restart (SIGTERM) emits no duplicate; a SIGKILL between
 sending a verdict and recording the loop as decided can repeat that one verdict, with the same key.
@@ -29,6 +39,7 @@ sending a verdict and recording the loop as decided can repeat that one verdict,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import time
@@ -38,20 +49,27 @@ from typing import Any
 import faust
 import mode
 import orjson
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from faust.exceptions import ProducerSendError
 
-from service.errors import BackendError, ConfigError, InputError, Reason
+from service.errors import BackendError, ConfigError, InputError, PublishError, Reason
 from service.http_server import Health, HttpServer
-from service.messages import Source, dlq_record, output_headers, utc_now
+from service.messages import Source, dead_letter_output, output_headers, utc_now
 from service.metrics import Metrics
 from service.retry import full_jitter
-from service.review.answers import decide_from_output
+from service.review.answers import check_origin, decide_from_output
 from service.review.events import parse_event
+from service.review.records import parse_review_record, review_record_limit
 from service.review.store import OutputStore
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SLA_SWEEP_S = 5.0
+UPKEEP_S = 1.0  # the worker's heartbeat, and how often due output retries are sent back
+REQUEST_AGAIN_S = 60.0  # a sweep's command lost in a rebalance is sent again after this
+SHUTDOWN_SEND_S = 5.0  # how long a send may still wait for the broker once shutdown began
+_FORWARD_HEADROOM = 64 * 1024  # the re-keyed command wraps the record in a few bytes of JSON
 
 
 def _parse_time(text: str | None) -> float | None:
@@ -63,6 +81,18 @@ def _parse_time(text: str | None) -> float | None:
         return None
 
 
+def _source_of(origin: Any) -> Source:
+    origin = origin if isinstance(origin, dict) else {}
+    try:
+        return Source(
+            str(origin.get("topic", "")),
+            int(origin.get("partition", -1)),
+            int(origin.get("offset", -1)),
+        )
+    except (TypeError, ValueError):
+        return Source("", -1, -1)
+
+
 class CompletionSink:
     """Builds the faust app and owns the clients its agents use."""
 
@@ -70,9 +100,13 @@ class CompletionSink:
         self.settings = settings
         self.metrics = Metrics()
         self.metrics.initialise(settings.backend.kind)
-        self.health = Health(started=False)
         kafka = settings.kafka
         review = settings.review
+        self.health = Health(started=False, stall_after_s=review.liveness_s)
+        #: Set when the worker starts to stop: retry waits end, so SIGTERM exits in time.
+        self.stopping = asyncio.Event()
+        # What the pipeline may write to the review topic, the sink must be able to forward.
+        self._max_review_bytes = review_record_limit(kafka.max_input_bytes)
         self.app = faust.App(
             f"{kafka.group_id}-review-sink",
             broker=f"kafka://{bootstrap}",
@@ -85,6 +119,7 @@ class CompletionSink:
             broker_session_timeout=kafka.session_timeout_ms / 1000,
             broker_heartbeat_interval=max(1.0, kafka.session_timeout_ms / 3000),
             producer_max_batch_size=settings.sink_producer_max_batch_size,
+            producer_max_request_size=self._max_review_bytes + _FORWARD_HEADROOM,
             consumer_auto_offset_reset="earliest",
             web_enabled=False,
         )
@@ -109,42 +144,126 @@ class CompletionSink:
         self.pending = app.Table("pending-reviews", default=None, schema=table_schema)
         self.early = app.Table("early-completions", default=None, schema=table_schema)
         self.decided = app.Table("decided-loops", default=None, schema=table_schema)
-        self._sla_requested: set[str] = set()
+        # loop -> completion waiting for the output store: command, first failure, attempts, due.
+        self.retrying = app.Table("output-retries", default=None, schema=table_schema)
+        # (kind, loop) -> when a sweep last sent that command, so each is sent once at a time.
+        self._requested: dict[tuple[str, str], float] = {}
         self._http = HttpServer(self.metrics, self.health, settings.http_host, settings.http_port)
 
         app.agent(self.reviews, name="route-reviews")(self._route_reviews)
         app.agent(self.completions, name="route-completions")(self._route_completions)
         app.agent(self.by_loop, name="decide")(self._decide)
         app.timer(SLA_SWEEP_S, name="sla-sweep")(self._sla_sweep)
+        app.timer(UPKEEP_S, name="upkeep")(self._upkeep)
         app.add_dependency(_Clients(self))
 
     async def start_clients(self) -> None:
         await self.store.start()
         await self._http.start()
+        self.health.polled()
         self.health.started = True
         self.health.partitions = 1  # readiness: the worker is up; faust owns assignment
         log.info("review sink started (http port %s)", self._http.port)
 
     async def stop_clients(self) -> None:
+        self.stopping.set()
         await self._http.close()
         await self.store.close()
+
+    # -- sending: the one place producer errors are translated ---------------------------------
+
+    async def _send(
+        self, channel: Any, *, key: bytes | None, value: bytes, headers: Any = None
+    ) -> None:
+        """Send and wait for the broker's acknowledgement.
+
+        A refusal for good (too large, invalid) is an ``InputError`` for the caller to
+        dead-letter; a transient failure is retried with backoff until shutdown begins, which
+        raises ``PublishError`` so the event is not acknowledged (it is redelivered).
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                delivery = await channel.send(key=key, value=value, headers=headers)
+                await self._acknowledged(delivery)
+            except (ProducerSendError, KafkaError) as exc:
+                cause = exc.__cause__ if isinstance(exc, ProducerSendError) else exc
+                if isinstance(cause, MessageSizeTooLargeError):
+                    self.metrics.publish_refused.inc()
+                    raise InputError(
+                        Reason.OUTPUT_TOO_LARGE,
+                        f"the broker refused a {len(value)}-byte record: {cause!r}",
+                    ) from exc
+                if not getattr(cause, "retriable", False):
+                    self.metrics.publish_refused.inc()
+                    raise InputError(
+                        Reason.INTERNAL_ERROR, f"the broker refused the record: {cause!r}"
+                    ) from exc
+                self.metrics.publish_retries.inc()
+                log.warning("send failed (%r); retry %d", cause, attempt)
+                if self.stopping.is_set():
+                    raise PublishError(f"not sent before shutdown: {cause!r}") from exc
+                await self._pause(full_jitter(attempt, base=0.5, cap=10.0))
+            else:
+                return
+
+    async def _acknowledged(self, delivery: Any) -> None:
+        """Wait for the broker's answer; once shutdown begins, for a few seconds at most."""
+        if not self.stopping.is_set():
+            stop = asyncio.ensure_future(self.stopping.wait())
+            try:
+                done, _ = await asyncio.wait({delivery, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+            if delivery in done:
+                delivery.result()
+                return
+        try:  # shutting down: a healthy broker still answers in time, a dead one is not waited for
+            await asyncio.wait_for(asyncio.shield(delivery), SHUTDOWN_SEND_S)
+        except TimeoutError as exc:
+            raise PublishError("no acknowledgement from the broker before shutdown") from exc
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when shutdown begins."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+
+    async def _command(self, loop: str, command: dict[str, Any]) -> None:
+        """Send a command about ``loop`` to the partition that owns it."""
+        await self._send(self.by_loop, key=loop.encode(), value=orjson.dumps(command))
+
+    def _request(self, kind: str, loop: str, now: float) -> bool:
+        """True (and remembered) unless a ``kind`` command for ``loop`` is already on its way."""
+        sent = self._requested.get((kind, loop))
+        if sent is not None and now - sent < REQUEST_AGAIN_S:
+            return False
+        self._requested[(kind, loop)] = now
+        return True
 
     # -- routing onto the per-loop topic ------------------------------------------------------
 
     async def _route_reviews(self, stream: Any) -> None:
         async for event in stream.events():
             try:
-                record, loop = _review_of(event.value)
-            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                await self._dead_letter_event(
-                    event, Reason.MALFORMED_JSON, f"not a review record: {exc!r}"
-                )
+                review = parse_review_record(event.value, max_bytes=self._max_review_bytes)
+            except InputError as exc:
+                await self._dead_letter_event(event, exc.reason, exc.message)
                 continue
-            command = {"kind": "review", "record": record}
-            await self.by_loop.send(key=loop.encode(), value=orjson.dumps(command))
+            await self._forward(event, review.loop_name, {"kind": "review", "record": review.raw})
 
     async def _route_completions(self, stream: Any) -> None:
+        limit = self.settings.review.max_event_bytes
         async for event in stream.events():
+            size = len(event.value or b"")
+            if size > limit:
+                await self._dead_letter_event(
+                    event,
+                    Reason.RECORD_TOO_LARGE,
+                    f"completion event is {size} bytes, over MODERATION_SINK_MAX_EVENT_BYTES "
+                    f"({limit})",
+                )
+                continue
             try:
                 completion = parse_event(event.value)
             except InputError as exc:
@@ -157,26 +276,43 @@ class CompletionSink:
                 # Where the event came from, so a later DLQ entry still points at it.
                 "source": {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset},
             }
-            await self.by_loop.send(key=completion.loop_name.encode(), value=orjson.dumps(command))
+            await self._forward(event, completion.loop_name, command)
+
+    async def _forward(self, event: Any, loop: str, command: dict[str, Any]) -> None:
+        try:
+            await self._command(loop, command)
+        except InputError as exc:
+            reason = (
+                Reason.RECORD_TOO_LARGE if exc.reason == Reason.OUTPUT_TOO_LARGE else exc.reason
+            )
+            await self._dead_letter_event(event, reason, f"could not re-key it: {exc.message}")
 
     # -- the per-loop state machine -----------------------------------------------------------
 
     async def _decide(self, stream: Any) -> None:
         async for event in stream.events():
-            command = orjson.loads(event.value)
             loop = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
-            kind = command.get("kind")
+            kind = None
             try:
+                command = orjson.loads(event.value)
+                kind = command.get("kind")
                 if kind == "review":
                     await self._on_review(loop, command["record"])
                 elif kind == "completion":
                     await self._on_completion(loop, command)
                 elif kind == "sla":
                     await self._on_sla(loop)
+                elif kind == "retry":
+                    await self._on_retry(loop)
+                elif kind == "orphan":
+                    await self._on_orphan(loop, command)
+            except PublishError:
+                raise  # shutting down with a send unacknowledged: leave the event unacked
             except Exception as exc:  # a bug must not stop the sink: keep the event, go on
                 log.exception("failed on %s for loop %s", kind, loop)
                 await self._dead_letter_event(event, Reason.INTERNAL_ERROR, repr(exc))
             self.metrics.reviews_pending.set(len(self.pending))
+            self.metrics.review_early.set(len(self.early))
 
     async def _on_review(self, loop: str, record: dict[str, Any]) -> None:
         if self.decided.get(loop) is not None:
@@ -194,51 +330,115 @@ class CompletionSink:
             return
         record = self.pending.get(loop)
         if record is None:
-            self.early[loop] = command  # its review record has not arrived yet
+            # Its review record has not arrived yet: hold the event, within bounds.
+            self.early[loop] = {**command, "early_at": time.time()}
+            await self._bound_early()
             return
         await self._finish(loop, record, command)
 
+    async def _bound_early(self) -> None:
+        """Over ``MODERATION_SINK_MAX_EARLY``: send the oldest held events to the DLQ."""
+        limit = self.settings.review.max_early
+        evicting = {loop for kind, loop in self._requested if kind == "evict"}
+        excess = len(self.early) - limit - len(evicting)
+        if excess <= 0:
+            return
+        now = time.time()
+        victims: list[tuple[str, float]] = []
+        for loop, held in self.early.items():  # insertion order: the oldest first
+            if loop in evicting or not isinstance(held, dict):
+                continue
+            victims.append((loop, float(held.get("early_at", 0.0))))
+            if len(victims) >= excess:
+                break
+        for loop, held_since in victims:
+            self._requested[("evict", loop)] = now
+            await self._command(loop, {"kind": "orphan", "evict": True, "early_at": held_since})
+
+    async def _on_orphan(self, loop: str, command: dict[str, Any]) -> None:
+        evict = bool(command.get("evict"))
+        self._requested.pop(("evict" if evict else "orphan", loop), None)
+        held = self.early.get(loop)
+        if not isinstance(held, dict):
+            return  # its review record came in time after all
+        held_since = float(held.get("early_at", 0.0))
+        age = time.time() - held_since
+        if evict:
+            if held_since > float(command.get("early_at", 0.0)):
+                return  # a newer event for this loop replaced the one chosen for eviction
+            why = "evicted"
+            message = (
+                f"no review record for loop {loop!r}; evicted after {age:.0f}s because "
+                f"more than MODERATION_SINK_MAX_EARLY ({self.settings.review.max_early}) "
+                "events were waiting"
+            )
+        else:
+            if age < self.settings.review.orphan_ttl_s:
+                return
+            why = "expired"
+            message = (
+                f"no review record for loop {loop!r} within MODERATION_SINK_ORPHAN_TTL_S "
+                f"({self.settings.review.orphan_ttl_s:g}s)"
+            )
+        self.early.pop(loop, None)
+        self.metrics.review_orphans.labels(why=why).inc()
+        await self._dead_letter_command(held, Reason.ORPHAN_COMPLETION, message)
+
     async def _on_sla(self, loop: str) -> None:
-        self._sla_requested.discard(loop)
+        self._requested.pop(("sla", loop), None)
         record = self.pending.get(loop)
         if record is None or self.decided.get(loop) is not None:
             return
         self.metrics.reviews_timed_out.inc()
+        if loop in self.retrying:
+            self.retrying.pop(loop, None)
         await self._fallback(loop, record, "review SLA exceeded")
+
+    async def _on_retry(self, loop: str) -> None:
+        self._requested.pop(("retry", loop), None)
+        entry = self.retrying.get(loop)
+        if not isinstance(entry, dict):
+            return
+        record = self.pending.get(loop)
+        if record is None or self.decided.get(loop) is not None:
+            self.retrying.pop(loop, None)
+            return
+        await self._finish(loop, record, entry["command"])
 
     async def _finish(self, loop: str, record: dict[str, Any], command: dict[str, Any]) -> None:
         raw_event = orjson.dumps(command["event"])
-        parsed = parse_event(raw_event)
-        if parsed.status != "Completed":
-            why = f"human loop {parsed.status}"
-            if parsed.failure_code:
-                why += f" ({parsed.failure_code}: {parsed.failure_reason or ''})"
-            if parsed.expired:
-                self.metrics.reviews_timed_out.inc()
-            await self._fallback(loop, record, why)
-            return
-        assert parsed.output_uri is not None
         try:
-            raw = await self._read_output(parsed.output_uri)
+            parsed = parse_event(raw_event)
+            if parsed.status != "Completed":
+                why = f"human loop {parsed.status}"
+                if parsed.failure_code:
+                    why += f" ({parsed.failure_code}: {parsed.failure_reason or ''})"
+                if parsed.expired:
+                    self.metrics.reviews_timed_out.inc()
+                self._clear_retry(loop)
+                await self._fallback(loop, record, why)
+                return
+            assert parsed.output_uri is not None
+            raw = await self.store.read(parsed.output_uri)
             human = decide_from_output(raw, self.settings.review.consensus)
-        except InputError as exc:
-            # Unreadable answers: the event goes to the DLQ; the review stays pending, so the
-            # SLA fallback still decides it if nothing better arrives.
-            origin = command.get("source") or {}
-            source = Source(
-                str(origin.get("topic", "")),
-                int(origin.get("partition", -1)),
-                int(origin.get("offset", -1)),
+            record_flow = (record.get("review") or {}).get("flow_definition_arn")
+            check_origin(
+                human,
+                loop=loop,
+                path_flow_name=parsed.output_flow_name,
+                event_flow_arn=parsed.flow_definition_arn,
+                record_flow_arn=record_flow if isinstance(record_flow, str) else None,
             )
-            await self._dead_letter(
-                source,
-                key=None,
-                value=raw_event,
-                headers=[],
-                reason=exc.reason,
-                message=exc.message,
-            )
+        except BackendError as exc:
+            await self._retry_later(loop, command, exc)
             return
+        except InputError as exc:
+            # Unusable or forged answers: the event goes to the DLQ; the review stays pending,
+            # so the SLA fallback still decides it if nothing better arrives.
+            self._clear_retry(loop)
+            await self._dead_letter_command(command, exc.reason, exc.message)
+            return
+        self._clear_retry(loop)
         created = _parse_time(record.get("review", {}).get("created_at"))
         answered = _parse_time(human.submitted_at) or _parse_time(parsed.time) or time.time()
         duration = max(0.0, answered - created) if created is not None else None
@@ -275,15 +475,35 @@ class CompletionSink:
             extra=extra,
         )
 
-    async def _read_output(self, uri: str) -> bytes:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await self.store.read(uri)
-            except BackendError as exc:
-                log.warning("output store unavailable (%s); retry %d", exc, attempt)
-                await asyncio.sleep(full_jitter(attempt, base=0.5, cap=30.0))
+    def _clear_retry(self, loop: str) -> None:
+        if loop in self.retrying:
+            self.retrying.pop(loop, None)
+
+    async def _retry_later(self, loop: str, command: dict[str, Any], exc: BackendError) -> None:
+        """The store is unavailable: try again after a backoff, until the deadline passes."""
+        now = time.time()
+        entry = self.retrying.get(loop)
+        entry = entry if isinstance(entry, dict) else {}
+        first = float(entry.get("first_failure", now))
+        attempts = int(entry.get("attempts", 0)) + 1
+        waited = now - first
+        if waited >= self.settings.review.output_retry_s:
+            self._clear_retry(loop)
+            await self._dead_letter_command(
+                command,
+                Reason.UNREADABLE_OUTPUT,
+                f"output store unavailable for {waited:.0f}s ({attempts} attempts): {exc}",
+                attempts=attempts,
+            )
+            return
+        delay = full_jitter(attempts, base=1.0, cap=30.0)
+        log.warning("output store unavailable for loop %s (%s); retry in %.1fs", loop, exc, delay)
+        self.retrying[loop] = {
+            "command": command,
+            "first_failure": first,
+            "attempts": attempts,
+            "next_at": now + delay,
+        }
 
     async def _fallback(self, loop: str, record: dict[str, Any], why: str) -> None:
         action = self.settings.review.fallback
@@ -298,12 +518,13 @@ class CompletionSink:
             review["deadline"] = _iso(now + self.settings.review.sla_s)
             requeued["review"] = review
             self.pending[loop] = requeued
-            await self.reviews.send(
-                key=str(record.get("id", "")).encode(),
+            request_id = str(record.get("id", ""))
+            await self._publish(
+                self.reviews,
+                key=request_id.encode(),
                 value=orjson.dumps(requeued),
-                headers=output_headers(
-                    [], verdict="review", decided_by="fallback", id=str(record.get("id", ""))
-                ),
+                headers=output_headers([], verdict="review", decided_by="fallback", id=request_id),
+                record=record,
             )
             self.metrics.reviews_completed.labels(outcome="requeued").inc()
             return
@@ -351,11 +572,15 @@ class CompletionSink:
         # recognised as a duplicate (at worst the verdict below is the one thing repeated).
         self.decided[loop] = verdict
         self.pending.pop(loop, None)
-        await self.outputs[verdict].send(
+        sent = await self._publish(
+            self.outputs[verdict],
             key=request_id.encode(),
             value=orjson.dumps(final),
             headers=output_headers([], verdict=verdict, decided_by=decided_by, id=request_id),
+            record=record,
         )
+        if not sent:
+            return
         self.metrics.verdicts.labels(verdict=verdict, decided_by=decided_by).inc()
         outcome = verdict if decided_by == "human" else f"fallback_{verdict}"
         self.metrics.reviews_completed.labels(outcome=outcome).inc()
@@ -363,13 +588,68 @@ class CompletionSink:
             "loop %s decided: %s by %s", loop, verdict, decided_by, extra={"message_id": request_id}
         )
 
+    async def _publish(
+        self,
+        channel: Any,
+        *,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        record: dict[str, Any],
+    ) -> bool:
+        """Send one of our outputs; one the broker refuses goes to the DLQ in its place."""
+        try:
+            await self._send(channel, key=key, value=value, headers=headers)
+        except InputError as exc:
+            await self._dead_letter(
+                _source_of(record.get("source")),
+                key=key,
+                value=value,
+                headers=headers,
+                reason=exc.reason,
+                message=exc.message,
+                request_id=str(record.get("id", "")) or None,
+            )
+            return False
+        return True
+
+    # -- timers: they only send commands; the loop's own partition acts on them ------------------
+
     async def _sla_sweep(self) -> None:
         now = time.time()
-        for loop, record in list(self.pending.items()):
-            deadline = _parse_time((record or {}).get("review", {}).get("deadline"))
-            if deadline is not None and deadline < now and loop not in self._sla_requested:
-                self._sla_requested.add(loop)
-                await self.by_loop.send(key=loop.encode(), value=orjson.dumps({"kind": "sla"}))
+        try:
+            for loop, record in list(self.pending.items()):
+                deadline = _parse_time((record or {}).get("review", {}).get("deadline"))
+                if deadline is not None and deadline < now and self._request("sla", loop, now):
+                    await self._command(loop, {"kind": "sla"})
+            ttl = self.settings.review.orphan_ttl_s
+            for loop, held in list(self.early.items()):
+                held_since = held.get("early_at") if isinstance(held, dict) else None
+                if not isinstance(held_since, int | float):
+                    continue
+                if now - held_since >= ttl and self._request("orphan", loop, now):
+                    await self._command(loop, {"kind": "orphan"})
+        except InputError:
+            log.exception("sweep could not send a command")  # tiny commands: never expected
+
+    async def _upkeep(self) -> None:
+        """The worker's heartbeat (liveness), and output reads whose backoff is over."""
+        self.health.polled()
+        now = time.time()
+        try:
+            for loop, entry in list(self.retrying.items()):
+                due = entry.get("next_at") if isinstance(entry, dict) else None
+                if (
+                    isinstance(due, int | float)
+                    and due <= now
+                    and self._request("retry", loop, now)
+                ):
+                    await self._command(loop, {"kind": "retry"})
+        except InputError:
+            log.exception("upkeep could not send a command")
+        self.metrics.review_early.set(len(self.early))
+
+    # -- dead letters ---------------------------------------------------------------------------
 
     async def _dead_letter_event(self, event: Any, reason: str, message: str) -> None:
         msg = event.message
@@ -377,6 +657,20 @@ class CompletionSink:
         headers = list(msg.headers.items() if isinstance(msg.headers, dict) else msg.headers or [])
         await self._dead_letter(
             source, key=msg.key, value=msg.value, headers=headers, reason=reason, message=message
+        )
+
+    async def _dead_letter_command(
+        self, command: dict[str, Any], reason: str, message: str, *, attempts: int = 1
+    ) -> None:
+        """Dead-letter a completion event held in a command, pointing at where it came from."""
+        await self._dead_letter(
+            _source_of(command.get("source")),
+            key=None,
+            value=orjson.dumps(command.get("event")),
+            headers=[],
+            reason=reason,
+            message=message,
+            attempts=attempts,
         )
 
     async def _dead_letter(
@@ -388,6 +682,8 @@ class CompletionSink:
         headers: list[tuple[str, bytes]],
         reason: str,
         message: str,
+        attempts: int = 1,
+        request_id: str | None = None,
     ) -> None:
         log.info(
             "dead-lettering %s[%d]@%d: %s (%s)",
@@ -397,26 +693,26 @@ class CompletionSink:
             reason,
             message,
         )
-        record = dlq_record(
+        record = dead_letter_output(
             key=key,
             value=value,
+            headers=headers,
             source=source,
-            reason=reason,
+            reason=str(reason),
             message=message,
-            attempts=1,
-            request_id=None,
+            attempts=attempts,
+            request_id=request_id,
+            consumer="sink",
+            max_record_bytes=self.settings.safety.dlq_max_record_bytes,
         )
-        out_headers = output_headers(headers, error_reason=str(reason))
-        await self.outputs["dlq"].send(key=key, value=record, headers=out_headers)
+        try:
+            await self._send(
+                self.outputs["dlq"], key=record.key, value=record.value, headers=record.headers
+            )
+        except InputError as exc:  # sized to fit, so only a broker misconfiguration gets here
+            log.error("the DLQ refused a dead letter (%s): %s", reason, exc.message)
+            return
         self.metrics.dead_letters.labels(reason=str(reason)).inc()
-
-
-def _review_of(value: bytes) -> tuple[dict[str, Any], str]:
-    record = orjson.loads(value)
-    loop = record["review"]["human_loop_name"]
-    if not isinstance(loop, str) or not loop:
-        raise TypeError("review.human_loop_name must be a non-empty string")
-    return record, loop
 
 
 class _Clients(mode.Service):
@@ -433,6 +729,20 @@ class _Clients(mode.Service):
         await self._sink.stop_clients()
 
 
+class _SinkWorker(faust.Worker):
+    """The faust worker, telling the sink as soon as it starts to stop (before the app drains)."""
+
+    def __init__(self, sink: CompletionSink, **kwargs: Any) -> None:
+        super().__init__(sink.app, **kwargs)
+        self._sink = sink
+
+    async def on_stop(self) -> None:
+        # Runs before the app's consumer waits for agents to finish their current event, so a
+        # retry wait or an unacknowledged send ends now and SIGTERM exits within the grace.
+        self._sink.stopping.set()
+        await super().on_stop()
+
+
 def _iso(epoch: float) -> str:
     return (
         datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -446,8 +756,8 @@ def run_sink(settings: Settings) -> None:
             "KAFKA_BOOTSTRAP_SERVERS", "required for the sink (it joins an existing broker)"
         )
     sink = CompletionSink(settings, settings.kafka.bootstrap_servers)
-    worker = faust.Worker(
-        sink.app,
+    worker = _SinkWorker(
+        sink,
         loglevel=settings.log_level.lower(),
         override_logging=False,  # keep our JSON logs
         quiet=True,
