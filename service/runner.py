@@ -21,7 +21,6 @@ from collections.abc import Coroutine, Iterable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
-from aiokafka.helpers import create_ssl_context
 
 from service.activation import ActivationConditions, parse_conditions
 from service.backends.base import ModerationBackend
@@ -32,6 +31,7 @@ from service.embedded import EmbeddedBroker
 from service.errors import ConfigError, Reason
 from service.fetch import FetchPolicy, ImageFetcher
 from service.http_server import Health, HttpServer
+from service.kafka.client import kafka_client_options
 from service.kafka.poison import PoisonSafeConsumer, Polled, UndecodableRecord
 from service.messages import Source
 from service.metrics import Metrics
@@ -48,22 +48,6 @@ log = logging.getLogger(__name__)
 COMMIT_INTERVAL_S = 1.0
 POLL_TIMEOUT_MS = 100
 REVOKE_DRAIN_S = 10.0
-
-
-def kafka_client_options(kafka: KafkaSettings, bootstrap: str) -> dict[str, object]:
-    options: dict[str, object] = {
-        "bootstrap_servers": bootstrap,
-        "security_protocol": kafka.security_protocol,
-    }
-    if kafka.sasl_mechanism is not None:
-        options |= {
-            "sasl_mechanism": kafka.sasl_mechanism,
-            "sasl_plain_username": kafka.sasl_username,
-            "sasl_plain_password": kafka.sasl_password,
-        }
-    if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = create_ssl_context()
-    return options
 
 
 async def ensure_topics(

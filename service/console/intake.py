@@ -30,12 +30,12 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from service.console.metrics import ConsoleMetrics
 from service.console.store import ConsoleStore, StoreError
 from service.errors import InputError, Reason
+from service.kafka.client import kafka_client_options
 from service.kafka.poison import PoisonSafeConsumer, Polled, UndecodableRecord
 from service.messages import Source, id_of_invalid
 from service.publisher import Publisher, publish_dead_letter
 from service.retry import full_jitter
 from service.review.records import ReviewRecord, parse_review_record, review_record_limit
-from service.runner import kafka_client_options
 from service.settings import KafkaSettings
 
 log = logging.getLogger(__name__)

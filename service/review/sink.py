@@ -8,7 +8,8 @@ Two inputs, one state machine per human loop:
   from managed A2I through an EventBridge-to-Kafka bridge, or from our self-hosted console, which
   writes the same events and the same ``output.json``.
 
-Both are re-keyed by loop name onto one internal topic, so every decision about a loop happens in
+Both are read by the sink's own consumer (:mod:`service.review.intake`, which survives records
+the Kafka client cannot decode) and re-keyed by loop name onto one internal topic, so every decision about a loop happens in
 one partition, next to its state in changelog-backed tables:
 
 * ``pending``: loop -> review record, waiting for people;
@@ -54,11 +55,14 @@ from faust.exceptions import ProducerSendError
 
 from service.errors import BackendError, ConfigError, InputError, PublishError, Reason
 from service.http_server import Health, HttpServer
-from service.messages import Source, dead_letter_output, output_headers, utc_now
+from service.kafka.client import kafka_client_options
+from service.kafka.poison import Polled, UndecodableRecord
+from service.messages import RawHeaders, Source, dead_letter_output, output_headers, utc_now
 from service.metrics import Metrics
 from service.retry import full_jitter
 from service.review.answers import check_origin, decide_from_output
 from service.review.events import parse_event
+from service.review.intake import SinkIntake
 from service.review.records import parse_review_record, review_record_limit
 from service.review.store import OutputStore
 from service.settings import Settings
@@ -130,7 +134,6 @@ class CompletionSink:
             local_root=review.local_store,
         )
         self.reviews = app.topic(kafka.review_topic)
-        self.completions = app.topic(review.completions_topic)
         self.by_loop = app.topic(f"{app.conf.id}-by-loop", internal=True, partitions=partitions)
         self.outputs = {
             "approved": app.topic(kafka.approved_topic),
@@ -150,8 +153,21 @@ class CompletionSink:
         self._requested: dict[tuple[str, str], float] = {}
         self._http = HttpServer(self.metrics, self.health, settings.http_host, settings.http_port)
 
-        app.agent(self.reviews, name="route-reviews")(self._route_reviews)
-        app.agent(self.completions, name="route-completions")(self._route_completions)
+        # Untrusted topics come in through our own consumer (see service.review.intake); faust
+        # reads only the per-loop topic, which the sink alone writes.
+        self.intake = SinkIntake(
+            kafka=kafka,
+            client_options=kafka_client_options(kafka, bootstrap),
+            group_id=f"{app.conf.id}-intake",
+            routes={
+                kafka.review_topic: self.route_review,
+                review.completions_topic: self.route_completion,
+            },
+            max_record_bytes=self._max_review_bytes,
+        )
+        # Started once the tables are recovered, stopped with the app (faust takes an instance
+        # as well as a class there, though its annotation names only the class).
+        app.service(self.intake)  # type: ignore[arg-type]
         app.agent(self.by_loop, name="decide")(self._decide)
         app.timer(SLA_SWEEP_S, name="sla-sweep")(self._sla_sweep)
         app.timer(UPKEEP_S, name="upkeep")(self._upkeep)
@@ -243,49 +259,57 @@ class CompletionSink:
 
     # -- routing onto the per-loop topic ------------------------------------------------------
 
-    async def _route_reviews(self, stream: Any) -> None:
-        async for event in stream.events():
-            try:
-                review = parse_review_record(event.value, max_bytes=self._max_review_bytes)
-            except InputError as exc:
-                await self._dead_letter_event(event, exc.reason, exc.message)
-                continue
-            await self._forward(event, review.loop_name, {"kind": "review", "record": review.raw})
+    async def route_review(self, record: Polled) -> None:
+        """A record of the review topic: re-keyed by loop, or dead-lettered."""
+        if isinstance(record, UndecodableRecord):
+            await self._dead_letter_record(record, Reason.UNDECODABLE_RECORD, record.error)
+            return
+        try:
+            review = parse_review_record(record.value, max_bytes=self._max_review_bytes)
+        except InputError as exc:
+            await self._dead_letter_record(record, exc.reason, exc.message)
+            return
+        await self._forward(record, review.loop_name, {"kind": "review", "record": review.raw})
 
-    async def _route_completions(self, stream: Any) -> None:
+    async def route_completion(self, record: Polled) -> None:
+        """A record of the completions topic: checked, re-keyed by loop, or dead-lettered."""
+        if isinstance(record, UndecodableRecord):
+            await self._dead_letter_record(record, Reason.UNDECODABLE_RECORD, record.error)
+            return
         limit = self.settings.review.max_event_bytes
-        async for event in stream.events():
-            size = len(event.value or b"")
-            if size > limit:
-                await self._dead_letter_event(
-                    event,
-                    Reason.RECORD_TOO_LARGE,
-                    f"completion event is {size} bytes, over MODERATION_SINK_MAX_EVENT_BYTES "
-                    f"({limit})",
-                )
-                continue
-            try:
-                completion = parse_event(event.value)
-            except InputError as exc:
-                await self._dead_letter_event(event, exc.reason, exc.message)
-                continue
-            msg = event.message
-            command = {
-                "kind": "completion",
-                "event": orjson.loads(event.value),
-                # Where the event came from, so a later DLQ entry still points at it.
-                "source": {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset},
-            }
-            await self._forward(event, completion.loop_name, command)
+        size = len(record.value or b"")
+        if size > limit:
+            await self._dead_letter_record(
+                record,
+                Reason.RECORD_TOO_LARGE,
+                f"completion event is {size} bytes, over MODERATION_SINK_MAX_EVENT_BYTES ({limit})",
+            )
+            return
+        try:
+            completion = parse_event(record.value)
+        except InputError as exc:
+            await self._dead_letter_record(record, exc.reason, exc.message)
+            return
+        command = {
+            "kind": "completion",
+            "event": orjson.loads(record.value),
+            # Where the event came from, so a later DLQ entry still points at it.
+            "source": {
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+            },
+        }
+        await self._forward(record, completion.loop_name, command)
 
-    async def _forward(self, event: Any, loop: str, command: dict[str, Any]) -> None:
+    async def _forward(self, record: Polled, loop: str, command: dict[str, Any]) -> None:
         try:
             await self._command(loop, command)
         except InputError as exc:
             reason = (
                 Reason.RECORD_TOO_LARGE if exc.reason == Reason.OUTPUT_TOO_LARGE else exc.reason
             )
-            await self._dead_letter_event(event, reason, f"could not re-key it: {exc.message}")
+            await self._dead_letter_record(record, reason, f"could not re-key it: {exc.message}")
 
     # -- the per-loop state machine -----------------------------------------------------------
 
@@ -652,11 +676,27 @@ class CompletionSink:
     # -- dead letters ---------------------------------------------------------------------------
 
     async def _dead_letter_event(self, event: Any, reason: str, message: str) -> None:
+        """A faust event of the sink's own per-loop topic."""
         msg = event.message
-        source = Source(msg.topic, msg.partition, msg.offset)
         headers = list(msg.headers.items() if isinstance(msg.headers, dict) else msg.headers or [])
         await self._dead_letter(
-            source, key=msg.key, value=msg.value, headers=headers, reason=reason, message=message
+            Source(msg.topic, msg.partition, msg.offset),
+            key=msg.key,
+            value=msg.value,
+            headers=headers,
+            reason=reason,
+            message=message,
+        )
+
+    async def _dead_letter_record(self, record: Polled, reason: str, message: str) -> None:
+        """A record of the review or completions topic, as the intake read it."""
+        await self._dead_letter(
+            Source(record.topic, record.partition, record.offset),
+            key=record.key,
+            value=record.value,
+            headers=list(record.headers or ()),
+            reason=reason,
+            message=message,
         )
 
     async def _dead_letter_command(
@@ -679,7 +719,7 @@ class CompletionSink:
         *,
         key: bytes | None,
         value: bytes | None,
-        headers: list[tuple[str, bytes]],
+        headers: RawHeaders,
         reason: str,
         message: str,
         attempts: int = 1,

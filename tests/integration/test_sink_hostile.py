@@ -21,6 +21,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord
 
@@ -35,7 +36,14 @@ from tests.integration.test_review_sink import (
     sink_env,
     sink_process,
 )
-from tests.kafka_helpers import Topics, collect, create_topics, produce
+from tests.kafka_helpers import (
+    Topics,
+    collect,
+    create_topics,
+    produce,
+    raw_header_name,
+    send_records_with_raw_headers,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -417,6 +425,45 @@ async def test_orphan_completions_are_bounded_and_expire(sink: Sink) -> None:
     evicted = series['moderation_review_orphan_completions_total{why="evicted"}']
     expired = series['moderation_review_orphan_completions_total{why="expired"}']
     assert evicted >= 1 and expired >= 1 and evicted + expired == len(orphans)
+
+
+async def test_undecodable_header_names_are_dead_lettered_and_the_sink_goes_on(sink: Sink) -> None:
+    """Once, one such record on either topic stopped faust's consumer and with it every review."""
+    poisoned, good = "raw-header-review", "raw-header-good"
+    await put_output(sink.s3, good, output_json(good, [EXPLICIT]))
+    bad_name = [(raw_header_name(b"\xff\xfe"), b"x"), ("trace-id", b"t")]
+    producer = AIOKafkaProducer(bootstrap_servers=sink.bootstrap, linger_ms=0)
+    await producer.start()
+    try:
+        for partition in (0, 1):
+            await send_records_with_raw_headers(
+                producer,
+                sink.topics.review,
+                partition,
+                [(b"raw", review_record(f"req-{poisoned}", poisoned), bad_name)],
+            )
+            await send_records_with_raw_headers(
+                producer, sink.completions, partition, [(None, completion(poisoned), bad_name)]
+            )
+    finally:
+        await producer.stop()
+    await sink.reviews(good)
+    await sink.events(completion(good))
+
+    out = await sink.wait(
+        lambda o: bool(o.verdict_of(good)) and len(o.dead_for(poisoned)) >= 2
+        and len([d for d in o.dead if d["error"]["reason"] == "undecodable_record"]) >= 4,
+        40,
+    )  # fmt: skip
+    assert out.verdict_of(good) == Counter({("rejected", "human"): 1}), sink.tail()
+    undecodable = [d for d in out.dead if d["error"]["reason"] == "undecodable_record"]
+    assert len(undecodable) == 4, sink.tail()
+    assert {d["source"]["topic"] for d in undecodable} == {sink.topics.review, sink.completions}
+    for dead in undecodable:
+        assert dead["consumer"] == "sink"
+        assert dead["original"]["headers"][0]["key_encoding"] == "base64"
+    assert out.verdict_of(poisoned) is None  # neither record was taken as a review or an answer
+    assert sink.proc.returncode is None
 
 
 async def test_sigterm_exits_in_time_while_the_store_is_failing(sink: Sink) -> None:
