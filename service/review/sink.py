@@ -9,8 +9,8 @@ Two inputs, one state machine per human loop:
   writes the same events and the same ``output.json``.
 
 Both are read by the sink's own consumer (:mod:`service.review.intake`, which survives records
-the Kafka client cannot decode) and re-keyed by loop name onto one internal topic, so every decision about a loop happens in
-one partition, next to its state in changelog-backed tables:
+the Kafka client cannot decode) and re-keyed by loop name onto one internal topic, so every
+decision about a loop happens in one partition, next to its state in changelog-backed tables:
 
 * ``pending``: loop -> review record, waiting for people;
 * ``early``: loop -> completion event that arrived before its review record;
