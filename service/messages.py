@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -305,25 +305,34 @@ def _truncated_base64(data: bytes, budget: int) -> str:
     return base64.b64encode(data[:keep]).decode("ascii")
 
 
-def dlq_record(
-    *,
-    key: bytes | None,
-    value: bytes | None,
-    source: Source,
-    reason: str,
-    message: str,
-    attempts: int,
-    request_id: str | None,
-    headers: RawHeaders = (),
-    consumer: str | None = None,
-    max_bytes: int = DLQ_MAX_RECORD_BYTES,
-) -> bytes:
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One record for the DLQ: the original as it was read, where it came from, and why."""
+
+    source: Source
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    message: str
+    headers: RawHeaders = ()
+    attempts: int = 1
+    request_id: str | None = None
+    consumer: str | None = None  # pipeline, sink or console: two of them read the review topic
+
+    def without_original(self, why: str) -> DeadLetter:
+        """The facts alone, for a DLQ that refused even the sized record."""
+        note = f"{self.message} [original dropped: {why}]"
+        return replace(self, key=None, value=None, headers=(), message=note)
+
+
+def dlq_record(letter: DeadLetter, *, max_bytes: int = DLQ_MAX_RECORD_BYTES) -> bytes:
     """The dead-letter record's value, never longer than ``max_bytes``.
 
     The original key and value are kept whole when they fit. When they do not (a 3 MiB value of
     control characters escapes to 19 MB of JSON), the largest ones are cut to a base64 prefix and
     the record says so, with each original's size and sha256 so it can still be matched.
     """
+    key, value, message = letter.key, letter.value, letter.message
     if len(message) > MAX_DLQ_MESSAGE_CHARS:
         message = message[:MAX_DLQ_MESSAGE_CHARS] + "…"
     key_text, key_encoding = _encode_bytes(key)
@@ -335,20 +344,20 @@ def dlq_record(
         "value_encoding": value_encoding,
         "value_size": None if value is None else len(value),
         "value_sha256": None if value is None else hashlib.sha256(value).hexdigest(),
-        "headers": [_encode_header(name, data) for name, data in headers],
+        "headers": [_encode_header(name, data) for name, data in letter.headers],
         "truncated": [],
     }
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
-        "id": request_id,
+        "id": letter.request_id,
         "original": original,
-        "source": source.as_json(),
-        "error": {"reason": reason, "message": message},
-        "attempts": attempts,
+        "source": letter.source.as_json(),
+        "error": {"reason": str(letter.reason), "message": message},
+        "attempts": letter.attempts,
         "failed_at": utc_now(),
     }
-    if consumer is not None:
-        record["consumer"] = consumer
+    if letter.consumer is not None:
+        record["consumer"] = letter.consumer
     encoded = orjson.dumps(record)
     if len(encoded) <= max_bytes:
         return encoded
@@ -399,39 +408,17 @@ def output_key(key: bytes | None) -> bytes | None:
 
 
 def dead_letter_output(
-    *,
-    key: bytes | None,
-    value: bytes | None,
-    headers: RawHeaders,
-    source: Source,
-    reason: str,
-    message: str,
-    attempts: int,
-    request_id: str | None,
-    consumer: str | None = None,
-    max_record_bytes: int = DLQ_MAX_RECORD_BYTES,
+    letter: DeadLetter, *, max_record_bytes: int = DLQ_MAX_RECORD_BYTES
 ) -> OutputRecord:
     """The whole DLQ record (key, value, headers), sized to what the broker accepts."""
-    out_key = output_key(key)
-    out_headers = output_headers(headers, error_reason=reason)
+    out_key = output_key(letter.key)
+    out_headers = output_headers(letter.headers, error_reason=str(letter.reason))
     used = (
         len(out_key or b"")
         + sum(len(name) + len(data) for name, data in out_headers)
         + _RECORD_OVERHEAD_BYTES
     )
-    value_bytes = dlq_record(
-        key=key,
-        value=value,
-        source=source,
-        reason=reason,
-        message=message,
-        attempts=attempts,
-        request_id=request_id,
-        headers=headers,
-        consumer=consumer,
-        max_bytes=max_record_bytes - used,
-    )
-    return OutputRecord(out_key, value_bytes, out_headers)
+    return OutputRecord(out_key, dlq_record(letter, max_bytes=max_record_bytes - used), out_headers)
 
 
 def output_headers(original: RawHeaders, **extra: str) -> Headers:

@@ -23,6 +23,7 @@ from service.errors import BackendError, InputError, Reason, RecordRefused
 from service.fetch import ImageFetcher
 from service.messages import (
     BytesImage,
+    DeadLetter,
     ModerationRequest,
     RawHeaders,
     S3Image,
@@ -336,18 +337,21 @@ class Pipeline:
                 "reason": str(reason),
             },
         )
-        await publish_dead_letter(
-            self._sink,
-            self._settings.kafka.dlq_topic,
+        letter = DeadLetter(
+            source=record.source,
             key=record.key,
             value=record.value,
             headers=record.headers,
-            source=record.source,
             reason=reason,
             message=message,
             attempts=attempts,
             request_id=request_id,
             consumer="pipeline",
+        )
+        await publish_dead_letter(
+            self._sink,
+            self._settings.kafka.dlq_topic,
+            letter,
             max_record_bytes=self._settings.safety.dlq_max_record_bytes,
         )
         self._metrics.dead_letters.labels(reason=reason).inc()

@@ -19,7 +19,7 @@ from aiokafka import errors as kafka_errors
 from aiokafka.errors import KafkaError
 
 from service.errors import RecordRefused
-from service.messages import Headers, RawHeaders, Source, dead_letter_output
+from service.messages import DeadLetter, Headers, dead_letter_output
 from service.metrics import Metrics
 from service.retry import full_jitter
 
@@ -76,48 +76,16 @@ class Publisher:
 
 
 async def publish_dead_letter(
-    sink: SupportsPublish,
-    topic: str,
-    *,
-    key: bytes | None,
-    value: bytes | None,
-    headers: RawHeaders,
-    source: Source,
-    reason: str,
-    message: str,
-    attempts: int,
-    request_id: str | None,
-    consumer: str,
-    max_record_bytes: int,
+    sink: SupportsPublish, topic: str, letter: DeadLetter, *, max_record_bytes: int
 ) -> None:
     """Publish one dead letter, sized to fit; if the DLQ takes even less than we were told,
     keep the facts and drop the original rather than wedge the partition."""
-    out = dead_letter_output(
-        key=key,
-        value=value,
-        headers=headers,
-        source=source,
-        reason=reason,
-        message=message,
-        attempts=attempts,
-        request_id=request_id,
-        consumer=consumer,
-        max_record_bytes=max_record_bytes,
-    )
+    out = dead_letter_output(letter, max_record_bytes=max_record_bytes)
     try:
         await sink.publish(topic, out.key, out.value, out.headers)
     except RecordRefused as exc:
         log.error("the DLQ refused a dead letter (%s); sending it without the original", exc)
         out = dead_letter_output(
-            key=None,
-            value=None,
-            headers=(),
-            source=source,
-            reason=reason,
-            message=f"{message} [original dropped: the DLQ refused it: {exc}]",
-            attempts=attempts,
-            request_id=request_id,
-            consumer=consumer,
-            max_record_bytes=4096,
+            letter.without_original(f"the DLQ refused it: {exc}"), max_record_bytes=4096
         )
         await sink.publish(topic, out.key, out.value, out.headers)

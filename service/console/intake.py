@@ -32,7 +32,7 @@ from service.console.store import ConsoleStore, StoreError
 from service.errors import InputError, Reason
 from service.kafka.client import kafka_client_options
 from service.kafka.poison import PoisonSafeConsumer, Polled, UndecodableRecord
-from service.messages import Source, id_of_invalid
+from service.messages import DeadLetter, Source, id_of_invalid
 from service.publisher import Publisher, publish_dead_letter
 from service.retry import full_jitter
 from service.review.records import ReviewRecord, parse_review_record, review_record_limit
@@ -204,18 +204,20 @@ class Intake:
         )
         source = Source(record.topic, record.partition, record.offset, record.timestamp)
         request_id = id_of_invalid(record.value, self._max_record_bytes)
-        await publish_dead_letter(
-            publisher,
-            self._kafka.dlq_topic,
+        letter = DeadLetter(
+            source=source,
             key=record.key,
             value=record.value,
             headers=list(record.headers),
-            source=source,
             reason=error.reason,
             message=error.message,
-            attempts=1,
             request_id=request_id,
             consumer=CONSUMER,
+        )
+        await publish_dead_letter(
+            publisher,
+            self._kafka.dlq_topic,
+            letter,
             max_record_bytes=self._dlq_max_record_bytes,
         )
         self._metrics.dead_letters.labels(reason=str(error.reason)).inc()

@@ -44,21 +44,30 @@ import contextlib
 import logging
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
 import mode
 import orjson
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 
-from service.errors import BackendError, ConfigError, InputError, PublishError, Reason
+from service.errors import (
+    BackendError,
+    ConfigError,
+    InputError,
+    PublishError,
+    Reason,
+    RecordRefused,
+)
 from service.http_server import Health, HttpServer
 from service.kafka.client import kafka_client_options
 from service.kafka.poison import Polled, UndecodableRecord
-from service.messages import RawHeaders, Source, dead_letter_output, output_headers, utc_now
+from service.messages import DeadLetter, Headers, Source, output_headers, utc_now
 from service.metrics import Metrics
+from service.publisher import is_refusal, publish_dead_letter
 from service.retry import full_jitter
 from service.review.answers import check_origin, decide_from_output
 from service.review.events import parse_event
@@ -141,6 +150,7 @@ class CompletionSink:
             "review": self.reviews,
             "dlq": app.topic(kafka.dlq_topic),
         }
+        self._channels = {channel.get_topic_name(): channel for channel in self.outputs.values()}
         table_schema: Any = faust.Schema(
             key_type=str, value_type=None, key_serializer="raw", value_serializer="json"
         )
@@ -193,7 +203,7 @@ class CompletionSink:
     ) -> None:
         """Send and wait for the broker's acknowledgement.
 
-        A refusal for good (too large, invalid) is an ``InputError`` for the caller to
+        A refusal for good (too large, invalid) is ``RecordRefused`` for the caller to
         dead-letter; a transient failure is retried with backoff until shutdown begins, which
         raises ``PublishError`` so the event is not acknowledged (it is redelivered).
         """
@@ -205,16 +215,14 @@ class CompletionSink:
                 await self._acknowledged(delivery)
             except (ProducerSendError, KafkaError) as exc:
                 cause = exc.__cause__ if isinstance(exc, ProducerSendError) else exc
-                if isinstance(cause, MessageSizeTooLargeError):
+                if cause is not None and is_refusal(cause):
+                    # The same translation as the pipeline's Publisher: the record itself is
+                    # refused for good; anything else is the broker's or the deployment's
+                    # trouble and is retried (an authorisation error must not lose events).
                     self.metrics.publish_refused.inc()
-                    raise InputError(
-                        Reason.OUTPUT_TOO_LARGE,
-                        f"the broker refused a {len(value)}-byte record: {cause!r}",
-                    ) from exc
-                if not getattr(cause, "retriable", False):
-                    self.metrics.publish_refused.inc()
-                    raise InputError(
-                        Reason.INTERNAL_ERROR, f"the broker refused the record: {cause!r}"
+                    topic = str(getattr(channel, "get_topic_name", lambda: "?")())
+                    raise RecordRefused(
+                        topic, type(cause).__name__, f"a {len(value)}-byte record: {cause!r}"
                     ) from exc
                 self.metrics.publish_retries.inc()
                 log.warning("send failed (%r); retry %d", cause, attempt)
@@ -305,11 +313,10 @@ class CompletionSink:
     async def _forward(self, record: Polled, loop: str, command: dict[str, Any]) -> None:
         try:
             await self._command(loop, command)
-        except InputError as exc:
-            reason = (
-                Reason.RECORD_TOO_LARGE if exc.reason == Reason.OUTPUT_TOO_LARGE else exc.reason
+        except RecordRefused as exc:
+            await self._dead_letter_record(
+                record, Reason.RECORD_TOO_LARGE, f"could not re-key it: {exc}"
             )
-            await self._dead_letter_record(record, reason, f"could not re-key it: {exc.message}")
 
     # -- the per-loop state machine -----------------------------------------------------------
 
@@ -624,15 +631,17 @@ class CompletionSink:
         """Send one of our outputs; one the broker refuses goes to the DLQ in its place."""
         try:
             await self._send(channel, key=key, value=value, headers=headers)
-        except InputError as exc:
+        except RecordRefused as exc:
             await self._dead_letter(
-                _source_of(record.get("source")),
-                key=key,
-                value=value,
-                headers=headers,
-                reason=exc.reason,
-                message=exc.message,
-                request_id=str(record.get("id", "")) or None,
+                DeadLetter(
+                    source=_source_of(record.get("source")),
+                    key=key,
+                    value=value,
+                    headers=headers,
+                    reason=Reason.OUTPUT_TOO_LARGE,
+                    message=str(exc),
+                    request_id=str(record.get("id", "")) or None,
+                )
             )
             return False
         return True
@@ -653,7 +662,7 @@ class CompletionSink:
                     continue
                 if now - held_since >= ttl and self._request("orphan", loop, now):
                     await self._command(loop, {"kind": "orphan"})
-        except InputError:
+        except RecordRefused:
             log.exception("sweep could not send a command")  # tiny commands: never expected
 
     async def _upkeep(self) -> None:
@@ -669,7 +678,7 @@ class CompletionSink:
                     and self._request("retry", loop, now)
                 ):
                     await self._command(loop, {"kind": "retry"})
-        except InputError:
+        except RecordRefused:
             log.exception("upkeep could not send a command")
         self.metrics.review_early.set(len(self.early))
 
@@ -679,80 +688,51 @@ class CompletionSink:
         """A faust event of the sink's own per-loop topic."""
         msg = event.message
         headers = list(msg.headers.items() if isinstance(msg.headers, dict) else msg.headers or [])
+        source = Source(msg.topic, msg.partition, msg.offset)
         await self._dead_letter(
-            Source(msg.topic, msg.partition, msg.offset),
-            key=msg.key,
-            value=msg.value,
-            headers=headers,
-            reason=reason,
-            message=message,
+            DeadLetter(source, msg.key, msg.value, reason, message, headers=headers)
         )
 
     async def _dead_letter_record(self, record: Polled, reason: str, message: str) -> None:
         """A record of the review or completions topic, as the intake read it."""
+        source = Source(record.topic, record.partition, record.offset)
+        headers = list(record.headers or ())
         await self._dead_letter(
-            Source(record.topic, record.partition, record.offset),
-            key=record.key,
-            value=record.value,
-            headers=list(record.headers or ()),
-            reason=reason,
-            message=message,
+            DeadLetter(source, record.key, record.value, reason, message, headers=headers)
         )
 
     async def _dead_letter_command(
         self, command: dict[str, Any], reason: str, message: str, *, attempts: int = 1
     ) -> None:
         """Dead-letter a completion event held in a command, pointing at where it came from."""
-        await self._dead_letter(
-            _source_of(command.get("source")),
-            key=None,
-            value=orjson.dumps(command.get("event")),
-            headers=[],
-            reason=reason,
-            message=message,
-            attempts=attempts,
-        )
+        value = orjson.dumps(command.get("event"))
+        source = _source_of(command.get("source"))
+        await self._dead_letter(DeadLetter(source, None, value, reason, message, attempts=attempts))
 
-    async def _dead_letter(
-        self,
-        source: Source,
-        *,
-        key: bytes | None,
-        value: bytes | None,
-        headers: RawHeaders,
-        reason: str,
-        message: str,
-        attempts: int = 1,
-        request_id: str | None = None,
-    ) -> None:
+    async def _dead_letter(self, letter: DeadLetter) -> None:
+        source = letter.source
         log.info(
             "dead-lettering %s[%d]@%d: %s (%s)",
             source.topic,
             source.partition,
             source.offset,
-            reason,
-            message,
+            letter.reason,
+            letter.message,
         )
-        record = dead_letter_output(
-            key=key,
-            value=value,
-            headers=headers,
-            source=source,
-            reason=str(reason),
-            message=message,
-            attempts=attempts,
-            request_id=request_id,
-            consumer="sink",
-            max_record_bytes=self.settings.safety.dlq_max_record_bytes,
-        )
+        letter = replace(letter, consumer="sink")
+        limit = self.settings.safety.dlq_max_record_bytes
         try:
-            await self._send(
-                self.outputs["dlq"], key=record.key, value=record.value, headers=record.headers
+            await publish_dead_letter(
+                self, self.settings.kafka.dlq_topic, letter, max_record_bytes=limit
             )
-        except InputError as exc:  # sized to fit, so only a broker misconfiguration gets here
-            log.error("the DLQ refused a dead letter (%s): %s", reason, exc.message)
+        except RecordRefused as exc:  # even the facts alone: a broker misconfiguration
+            log.error("the DLQ refused a dead letter (%s): %s", letter.reason, exc)
             return
-        self.metrics.dead_letters.labels(reason=str(reason)).inc()
+        self.metrics.dead_letters.labels(reason=str(letter.reason)).inc()
+
+    async def publish(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
+        """The publishing protocol the shared dead-letter code speaks, over faust's topics."""
+        await self._send(self._channels[topic], key=key, value=value, headers=headers)
 
 
 class _Clients(mode.Service):

@@ -19,6 +19,7 @@ from service.messages import (
     MAX_OUTPUT_KEY_BYTES,
     SCHEMA_VERSION,
     BytesImage,
+    DeadLetter,
     Label,
     ModerationRequest,
     S3Image,
@@ -367,13 +368,15 @@ def test_verdict_record_never_copies_inline_image_bytes() -> None:
 def dlq(key: bytes | None, value: bytes | None, request_id: str | None = None) -> dict[str, Any]:
     record: dict[str, Any] = orjson.loads(
         dlq_record(
-            key=key,
-            value=value,
-            source=SOURCE,
-            reason=Reason.NOT_AN_IMAGE.value,
-            message="not a JPEG or PNG image",
-            attempts=2,
-            request_id=request_id,
+            DeadLetter(
+                key=key,
+                value=value,
+                source=SOURCE,
+                reason=Reason.NOT_AN_IMAGE.value,
+                message="not a JPEG or PNG image",
+                attempts=2,
+                request_id=request_id,
+            ),
         )
     )
     return record
@@ -454,13 +457,15 @@ def test_dlq_record_of_a_huge_control_character_value_fits_the_limit() -> None:
     # 3 MiB of 0x01 escapes to ~19 MB of JSON ("\u0001" per byte): the broker would refuse it.
     value = b"\x01" * (3 * 1024 * 1024)
     raw = dlq_record(
-        key=b"k",
-        value=value,
-        source=SOURCE,
-        reason=Reason.RECORD_TOO_LARGE.value,
-        message="too large",
-        attempts=1,
-        request_id=None,
+        DeadLetter(
+            key=b"k",
+            value=value,
+            source=SOURCE,
+            reason=Reason.RECORD_TOO_LARGE.value,
+            message="too large",
+            attempts=1,
+            request_id=None,
+        ),
         max_bytes=DLQ_MAX_RECORD_BYTES,
     )
     assert len(raw) <= DLQ_MAX_RECORD_BYTES
@@ -484,15 +489,17 @@ def test_dead_letter_output_never_exceeds_its_limit(
     key: bytes, value: bytes, headers: list[tuple[bytes, bytes]], limit: int
 ) -> None:
     out = dead_letter_output(
-        key=key,
-        value=value,
-        headers=headers,
-        source=SOURCE,
-        reason=Reason.MALFORMED_JSON.value,
-        message="x" * 5000,
-        attempts=1,
-        request_id=None,
-        consumer="pipeline",
+        DeadLetter(
+            key=key,
+            value=value,
+            headers=headers,
+            source=SOURCE,
+            reason=Reason.MALFORMED_JSON.value,
+            message="x" * 5000,
+            attempts=1,
+            request_id=None,
+            consumer="pipeline",
+        ),
         max_record_bytes=limit,
     )
     size = len(out.key or b"") + len(out.value) + sum(len(n) + len(v) for n, v in out.headers)
@@ -502,14 +509,16 @@ def test_dead_letter_output_never_exceeds_its_limit(
 
 def test_dead_letter_output_keeps_undecodable_header_names_in_the_record_only() -> None:
     out = dead_letter_output(
-        key=None,
-        value=b"{}",
-        headers=[(b"\xff\xfebad", b"v"), ("trace-id", b"abc")],
-        source=SOURCE,
-        reason=Reason.UNDECODABLE_RECORD.value,
-        message="header key is not UTF-8",
-        attempts=1,
-        request_id=None,
+        DeadLetter(
+            key=None,
+            value=b"{}",
+            headers=[(b"\xff\xfebad", b"v"), ("trace-id", b"abc")],
+            source=SOURCE,
+            reason=Reason.UNDECODABLE_RECORD.value,
+            message="header key is not UTF-8",
+            attempts=1,
+            request_id=None,
+        ),
     )
     assert out.headers == [("trace-id", b"abc"), ("moderation-error-reason", b"undecodable_record")]
     recorded = orjson.loads(out.value)["original"]["headers"]

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from service.errors import Reason
-from service.messages import Source, dlq_record, parse_request
+from service.messages import DeadLetter, Source, dlq_record, parse_request
 from tests.images import PNG_HEADER, b64
 
 SCHEMAS = Path(__file__).parents[2] / "schemas"
@@ -62,13 +62,15 @@ def test_requests_the_schema_refuses_are_refused(body: dict) -> None:
 
 def test_dlq_record_matches_schema_for_binary_payloads() -> None:
     record = dlq_record(
-        key=b"\xff\xfe",
-        value=b"\x00\x9f binary",
-        source=Source("in", 0, 7),
-        reason=Reason.MALFORMED_JSON,
-        message="value is not valid JSON",
-        attempts=1,
-        request_id=None,
+        DeadLetter(
+            key=b"\xff\xfe",
+            value=b"\x00\x9f binary",
+            source=Source("in", 0, 7),
+            reason=Reason.MALFORMED_JSON,
+            message="value is not valid JSON",
+            attempts=1,
+            request_id=None,
+        ),
     )
     value = orjson.loads(record)
     jsonschema.validate(value, load("dlq"))
