@@ -25,11 +25,14 @@ Outcome = Literal["ok", "input", "internal"]
 Kind = Literal["input", "internal"]
 
 
+_REASONS = frozenset(reason.value for reason in Reason)
+
+
 def outcome_of(result: str) -> Outcome:
     """A pipeline result (verdict or DLQ reason) as the guard counts it."""
     if result == Reason.INTERNAL_ERROR.value:
         return "internal"
-    if result in Reason._value2member_map_:
+    if result in _REASONS:
         return "input"
     return "ok"
 

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from service.embedded import free_port
 from tests.fakes.rekognition import FakeRekognition
 from tests.images import b64, png
 from tests.integration.test_pipeline import http_probes, make_settings, running, sample, schema
@@ -132,3 +133,44 @@ async def test_a_dead_letter_flood_stops_intake_and_fails_readiness(
     assert "dead-letter limit" in probes["/readyz"][1]
     assert probes["/healthz"][0] == 200  # alive: a restart would not help
     assert sample(probes["/metrics"][1], 'moderation_dlq_guard_tripped{kind="input"}') == 1
+
+
+async def test_a_url_given_up_on_says_how_many_attempts_it_took(
+    kafka_bootstrap: str, topics: Topics, fake_rekognition: FakeRekognition
+) -> None:
+    await create_topics(kafka_bootstrap, [topics.input, *topics.outputs.values()], PARTITIONS)
+    closed = f"http://127.0.0.1:{free_port()}/gone.png"  # nothing listens: unreachable
+    await produce(
+        kafka_bootstrap, topics.input, [(b"u", request("unreachable", {"url": closed}), [])]
+    )
+    settings = make_settings(kafka_bootstrap, topics, fake_rekognition)
+    async with running(settings):
+        [dead] = await collect(kafka_bootstrap, [topics.dlq], 1)
+    letter = orjson.loads(dead.value)
+    assert letter["error"]["reason"] == "unreachable_url"
+    assert letter["error"]["message"].endswith("(after 3 attempts)")
+    assert letter["attempts"] == 3
+
+
+async def test_work_that_does_not_finish_is_reported_stuck(
+    kafka_bootstrap: str, topics: Topics, fake_rekognition: FakeRekognition
+) -> None:
+    await create_topics(kafka_bootstrap, [topics.input, *topics.outputs.values()], PARTITIONS)
+    fake_rekognition.set_latency(20.0)  # every call hangs far longer than the stuck limit
+    await produce(
+        kafka_bootstrap, topics.input, [(b"s", request("slow", {"bytes": b64(png())}), [])]
+    )
+    settings = make_settings(
+        kafka_bootstrap, topics, fake_rekognition, MODERATION_STUCK_AFTER_S="1"
+    )
+    async with running(settings) as runner:
+        for _ in range(100):
+            probes = await http_probes(runner.http_port)
+            if probes["/readyz"][0] == 503 and "stuck" in probes["/readyz"][1]:
+                break
+            await asyncio.sleep(0.1)
+        fake_rekognition.set_latency(0.0)
+    assert probes["/readyz"][0] == 503, probes["/readyz"]
+    assert "work stuck on partition" in probes["/readyz"][1]
+    assert sample(probes["/metrics"][1], "moderation_stuck_partitions") == 1
+    assert sample(probes["/metrics"][1], "moderation_oldest_in_flight_seconds") > 1
