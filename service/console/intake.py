@@ -31,7 +31,7 @@ from service.console.metrics import ConsoleMetrics
 from service.console.store import ConsoleStore, StoreError
 from service.errors import InputError, Reason
 from service.kafka.client import kafka_client_options
-from service.kafka.poison import PoisonSafeConsumer, Polled, UndecodableRecord
+from service.kafka.poison import Polled, UndecodableRecord, reader_for
 from service.messages import DeadLetter, Source, id_of_invalid
 from service.publisher import Publisher, publish_dead_letter
 from service.retry import full_jitter
@@ -101,28 +101,17 @@ class Intake:
             request_timeout_ms=15_000,
             **kafka_client_options(self._kafka, self._bootstrap),
         )
-        fetch_bytes = max(self._max_record_bytes, 1024 * 1024) * 2
-        consumer = AIOKafkaConsumer(
+        consumer, safe = reader_for(
+            self._kafka,
+            self._bootstrap,
             group_id=self._group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=self._kafka.session_timeout_ms,
-            heartbeat_interval_ms=max(300, self._kafka.session_timeout_ms // 3),
-            fetch_max_wait_ms=self._kafka.fetch_max_wait_ms,
-            max_partition_fetch_bytes=fetch_bytes,
-            fetch_max_bytes=64 * 1024 * 1024,
-            **kafka_client_options(self._kafka, self._bootstrap),
+            topics=[self._topic],
+            max_record_bytes=self._max_record_bytes,
         )
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(producer.stop)  # also after a failed start
             await producer.start()
             publisher = Publisher(producer, self._metrics)
-            safe = PoisonSafeConsumer(
-                consumer,
-                kafka_client_options(self._kafka, self._bootstrap),
-                max_partition_fetch_bytes=fetch_bytes,
-            )
-            consumer.subscribe([self._topic], listener=safe.listener())
             stack.push_async_callback(self._stop_consumer, consumer)
             stack.push_async_callback(safe.close)
             await consumer.start()

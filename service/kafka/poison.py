@@ -27,7 +27,9 @@ from aiokafka.errors import KafkaError, for_code
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.structs import ConsumerRecord
 
+from service.kafka.client import kafka_client_options
 from service.kafka.raw_records import CorruptBatch, RawRecord, split_records
+from service.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,33 @@ class UndecodableRecord:
 
 
 Polled: TypeAlias = "ConsumerRecord | UndecodableRecord"
+
+
+def reader_for(
+    kafka: KafkaSettings,
+    bootstrap: str,
+    *,
+    group_id: str,
+    topics: list[str],
+    max_record_bytes: int,
+) -> tuple[AIOKafkaConsumer, PoisonSafeConsumer]:
+    """A consumer of ``topics`` in ``group_id`` (commits by hand, earliest first) and its
+    poison-safe reader, for the consumers that need no rebalance listener of their own."""
+    options = kafka_client_options(kafka, bootstrap)
+    fetch_bytes = max(max_record_bytes, 1024 * 1024) + 64 * 1024
+    consumer = AIOKafkaConsumer(
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=kafka.session_timeout_ms,
+        heartbeat_interval_ms=max(300, kafka.session_timeout_ms // 3),
+        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+        max_partition_fetch_bytes=fetch_bytes,
+        **options,
+    )
+    safe = PoisonSafeConsumer(consumer, options, max_partition_fetch_bytes=fetch_bytes)
+    consumer.subscribe(topics, listener=safe.listener())
+    return consumer, safe
 
 
 class PoisonSafeConsumer:

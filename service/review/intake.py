@@ -23,7 +23,7 @@ import mode
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from service.kafka.poison import PoisonSafeConsumer, Polled
+from service.kafka.poison import PoisonSafeConsumer, Polled, reader_for
 from service.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -39,36 +39,29 @@ class SinkIntake(mode.Service):
         self,
         *,
         kafka: KafkaSettings,
-        client_options: dict[str, object],
+        bootstrap: str,
         group_id: str,
         routes: dict[str, Router],
         max_record_bytes: int,
     ) -> None:
         super().__init__()
         self._kafka = kafka
-        self._options = client_options
+        self._bootstrap = bootstrap
         self._group_id = group_id
         self._routes = routes
-        self._fetch_bytes = max(max_record_bytes, 1024 * 1024) + 64 * 1024
+        self._max_record_bytes = max_record_bytes
         self._consumer: AIOKafkaConsumer | None = None
         self._safe: PoisonSafeConsumer | None = None
         self.handled = 0
 
     async def on_start(self) -> None:
-        consumer = AIOKafkaConsumer(
+        consumer, safe = reader_for(
+            self._kafka,
+            self._bootstrap,
             group_id=self._group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=self._kafka.session_timeout_ms,
-            heartbeat_interval_ms=max(300, self._kafka.session_timeout_ms // 3),
-            fetch_max_wait_ms=self._kafka.fetch_max_wait_ms,
-            max_partition_fetch_bytes=self._fetch_bytes,
-            **self._options,
+            topics=list(self._routes),
+            max_record_bytes=self._max_record_bytes,
         )
-        safe = PoisonSafeConsumer(
-            consumer, self._options, max_partition_fetch_bytes=self._fetch_bytes
-        )
-        consumer.subscribe(list(self._routes), listener=safe.listener())
         await consumer.start()
         self._consumer, self._safe = consumer, safe
         log.info("sink intake reading %s as group %s", sorted(self._routes), self._group_id)

@@ -63,7 +63,6 @@ from service.errors import (
     RecordRefused,
 )
 from service.http_server import Health, HttpServer
-from service.kafka.client import kafka_client_options
 from service.kafka.poison import Polled, UndecodableRecord
 from service.messages import DeadLetter, Headers, Source, output_headers, utc_now
 from service.metrics import Metrics
@@ -167,7 +166,7 @@ class CompletionSink:
         # reads only the per-loop topic, which the sink alone writes.
         self.intake = SinkIntake(
             kafka=kafka,
-            client_options=kafka_client_options(kafka, bootstrap),
+            bootstrap=bootstrap,
             group_id=f"{app.conf.id}-intake",
             routes={
                 kafka.review_topic: self.route_review,
