@@ -215,7 +215,7 @@ class Metrics:
             self.reviews_started.labels(mode=mode)
         for outcome in REVIEW_OUTCOMES:
             self.reviews_completed.labels(outcome=outcome)
-        for why in ("expired", "evicted"):
+        for why in ("expired", "evicted", "overflow"):
             self.review_orphans.labels(why=why)
         for kind in ("input", "internal"):
             self.dlq_guard_tripped.labels(kind=kind).set(0)

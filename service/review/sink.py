@@ -82,6 +82,7 @@ UPKEEP_S = 1.0  # the worker's heartbeat, and how often due output retries are s
 REQUEST_AGAIN_S = 60.0  # a sweep's command lost in a rebalance is sent again after this
 SHUTDOWN_SEND_S = 5.0  # how long a send may still wait for the broker once shutdown began
 _FORWARD_HEADROOM = 64 * 1024  # the re-keyed command wraps the record in a few bytes of JSON
+MAX_EVENTS_PER_LOOP = 8  # events held or queued for one loop; more are dead-lettered
 
 
 def _parse_time(text: str | None) -> float | None:
@@ -348,10 +349,9 @@ class CompletionSink:
         if self.decided.get(loop) is not None:
             return  # a redelivered review record for a loop already decided
         self.pending[loop] = record
-        waiting = self.early.get(loop)
-        if waiting is not None:
-            self.early.pop(loop, None)
-            await self._finish(loop, record, waiting)
+        held = self.early.pop(loop, None)
+        for command in _held_events(held):  # in arrival order: the first good answer decides
+            await self._on_completion(loop, command)
 
     async def _on_completion(self, loop: str, command: dict[str, Any]) -> None:
         if self.decided.get(loop) is not None:
@@ -360,11 +360,43 @@ class CompletionSink:
             return
         record = self.pending.get(loop)
         if record is None:
-            # Its review record has not arrived yet: hold the event, within bounds.
-            self.early[loop] = {**command, "early_at": time.time()}
-            await self._bound_early()
+            await self._hold(loop, command)
+            return
+        retry = self.retrying.get(loop)
+        if isinstance(retry, dict):
+            # Another event of this loop waits for the output store: this one waits behind it
+            # (it may be the genuine answer where the first is forged), within bounds.
+            queued = list(retry.get("queued", []))
+            if len(queued) >= MAX_EVENTS_PER_LOOP:
+                await self._dead_letter_command(
+                    command,
+                    Reason.UNREADABLE_OUTPUT,
+                    f"more than {MAX_EVENTS_PER_LOOP} events wait for loop {loop!r}'s output",
+                )
+                return
+            self.retrying[loop] = {**retry, "queued": [*queued, command]}
             return
         await self._finish(loop, record, command)
+
+    async def _hold(self, loop: str, command: dict[str, Any]) -> None:
+        """Its review record has not arrived yet: keep the event (every one), within bounds."""
+        held = self.early.get(loop)
+        events = _held_events(held)
+        if len(events) >= MAX_EVENTS_PER_LOOP:
+            self.metrics.review_orphans.labels(why="overflow").inc()
+            await self._dead_letter_command(
+                command,
+                Reason.ORPHAN_COMPLETION,
+                f"more than {MAX_EVENTS_PER_LOOP} events held for loop {loop!r} without its "
+                "review record",
+            )
+            return
+        since = held.get("early_at") if isinstance(held, dict) else None
+        self.early[loop] = {
+            "events": [*events, command],
+            "early_at": since if isinstance(since, int | float) else time.time(),
+        }
+        await self._bound_early()
 
     async def _bound_early(self) -> None:
         """Over ``MODERATION_SINK_MAX_EARLY``: send the oldest held events to the DLQ."""
@@ -411,8 +443,9 @@ class CompletionSink:
                 f"({self.settings.review.orphan_ttl_s:g}s)"
             )
         self.early.pop(loop, None)
-        self.metrics.review_orphans.labels(why=why).inc()
-        await self._dead_letter_command(held, Reason.ORPHAN_COMPLETION, message)
+        for event in _held_events(held):
+            self.metrics.review_orphans.labels(why=why).inc()
+            await self._dead_letter_command(event, Reason.ORPHAN_COMPLETION, message)
 
     async def _on_sla(self, loop: str) -> None:
         self._requested.pop(("sla", loop), None)
@@ -420,9 +453,9 @@ class CompletionSink:
         if record is None or self.decided.get(loop) is not None:
             return
         self.metrics.reviews_timed_out.inc()
-        if loop in self.retrying:
-            self.retrying.pop(loop, None)
+        queued = self._clear_retry(loop)
         await self._fallback(loop, record, "review SLA exceeded")
+        await self._replay(loop, queued)
 
     async def _on_retry(self, loop: str) -> None:
         self._requested.pop(("retry", loop), None)
@@ -445,8 +478,9 @@ class CompletionSink:
                     why += f" ({parsed.failure_code}: {parsed.failure_reason or ''})"
                 if parsed.expired:
                     self.metrics.reviews_timed_out.inc()
-                self._clear_retry(loop)
+                queued = self._clear_retry(loop)
                 await self._fallback(loop, record, why)
+                await self._replay(loop, queued)
                 return
             assert parsed.output_uri is not None
             raw = await self.store.read(parsed.output_uri)
@@ -464,11 +498,12 @@ class CompletionSink:
             return
         except InputError as exc:
             # Unusable or forged answers: the event goes to the DLQ; the review stays pending,
-            # so the SLA fallback still decides it if nothing better arrives.
-            self._clear_retry(loop)
+            # so the next event or the SLA fallback still decides it.
+            queued = self._clear_retry(loop)
             await self._dead_letter_command(command, exc.reason, exc.message)
+            await self._replay(loop, queued)
             return
-        self._clear_retry(loop)
+        queued = self._clear_retry(loop)
         created = _parse_time(record.get("review", {}).get("created_at"))
         answered = _parse_time(human.submitted_at) or _parse_time(parsed.time) or time.time()
         duration = max(0.0, answered - created) if created is not None else None
@@ -504,10 +539,18 @@ class CompletionSink:
             reasons=reasons,
             extra=extra,
         )
+        await self._replay(loop, queued)
 
-    def _clear_retry(self, loop: str) -> None:
-        if loop in self.retrying:
-            self.retrying.pop(loop, None)
+    def _clear_retry(self, loop: str) -> list[dict[str, Any]]:
+        """Forget the loop's retry; returns the events that waited behind it."""
+        entry = self.retrying.pop(loop, None) if loop in self.retrying else None
+        queued = entry.get("queued") if isinstance(entry, dict) else None
+        return list(queued) if isinstance(queued, list) else []
+
+    async def _replay(self, loop: str, queued: list[dict[str, Any]]) -> None:
+        """Events that waited behind a settled one: a duplicate now, or the next answer."""
+        for command in queued:
+            await self._on_completion(loop, command)
 
     async def _retry_later(self, loop: str, command: dict[str, Any], exc: BackendError) -> None:
         """The store is unavailable: try again after a backoff, until the deadline passes."""
@@ -518,13 +561,14 @@ class CompletionSink:
         attempts = int(entry.get("attempts", 0)) + 1
         waited = now - first
         if waited >= self.settings.review.output_retry_s:
-            self._clear_retry(loop)
+            queued = self._clear_retry(loop)
             await self._dead_letter_command(
                 command,
                 Reason.UNREADABLE_OUTPUT,
                 f"output store unavailable for {waited:.0f}s ({attempts} attempts): {exc}",
                 attempts=attempts,
             )
+            await self._replay(loop, queued)
             return
         delay = full_jitter(attempts, base=1.0, cap=30.0)
         log.warning("output store unavailable for loop %s (%s); retry in %.1fs", loop, exc, delay)
@@ -533,6 +577,7 @@ class CompletionSink:
             "first_failure": first,
             "attempts": attempts,
             "next_at": now + delay,
+            "queued": entry.get("queued", []),
         }
 
     async def _fallback(self, loop: str, record: dict[str, Any], why: str) -> None:
@@ -760,6 +805,14 @@ class _SinkWorker(faust.Worker):
         # retry wait or an unacknowledged send ends now and SIGTERM exits within the grace.
         self._sink.stopping.set()
         await super().on_stop()
+
+
+def _held_events(held: object) -> list[dict[str, Any]]:
+    """The events an ``early`` entry holds, oldest first."""
+    events = held.get("events") if isinstance(held, dict) else None
+    return (
+        [event for event in events if isinstance(event, dict)] if isinstance(events, list) else []
+    )
 
 
 def _iso(epoch: float) -> str:

@@ -754,7 +754,8 @@ def _review_record(rng: random.Random, n: int) -> dict[str, Any]:
             "activation_reasons": ["Swimwear or Underwear confidence 65.0 >= review threshold 50"],
             "activation_results": None,
             "created_at": "2026-12-01T10:00:00.100Z",
-            "deadline": "2026-12-02T10:00:00.100Z",
+            # Far ahead: the sink's SLA sweep must not decide them by fallback mid-run.
+            "deadline": "2099-12-02T10:00:00.100Z",
         },
     }
 
@@ -858,6 +859,28 @@ def _event(
     }
 
 
+def _forged_uris(loop: str, other: str) -> list[str]:
+    """Well-formed output URIs outside ``loop``'s own prefix (``forged_event`` at the door)."""
+    return [
+        f"s3://fuzz-outputs/a2i/fuzz-flow/2026/12/01/10/00/00/{other}x/output.json",
+        f"s3://fuzz-outputs/a2i/other-flow/2026/12/01/10/00/00/{loop}/output.json",
+        f"s3://fuzz-outputs/{loop}/output.json",
+        f"s3://fuzz-outputs/a2i/fuzz-flow/2026/12/01/10/00/xx/{loop}/output.json",
+    ]
+
+
+#: Output URIs that could only fail at the store (``malformed_event`` at the door).
+BAD_OUTPUT_URIS: tuple[str, ...] = (
+    "s3:///etc/passwd",
+    "s3://Bad_Bucket/a2i/fuzz-flow/2026/12/01/10/00/00/x/output.json",
+    "s3://10.0.0.1/a2i/fuzz-flow/2026/12/01/10/00/00/x/output.json",
+    "http://fuzz-outputs/output.json",
+    "s3://fuzz-outputs/a/../../output.json?x=1",
+    "s3://fuzz-outputs:99/a2i/output.json",
+    "file://remote-host/etc/passwd",
+    "s3://fuzz-outputs/" + "k" * 3000,
+)
+
 _EVENT_BREAKERS: tuple[Callable[[dict[str, Any]], object], ...] = (
     lambda e: e.__setitem__("detail-type", "Something Else"),
     lambda e: e.__setitem__("detail", "x"),
@@ -898,14 +921,7 @@ def completion_events(
             value = orjson.dumps(event)
         elif roll < 0.45:
             kind, expect = "event_forged", dlq("forged_event")
-            forged = rng.choice(
-                [
-                    f"s3://fuzz-outputs/a2i/fuzz-flow/2026/12/01/10/00/00/{other}x/output.json",
-                    f"s3://fuzz-outputs/a2i/other-flow/2026/12/01/10/00/00/{loop}/output.json",
-                    f"s3://fuzz-outputs/{loop}/output.json",
-                    f"s3://fuzz-outputs/a2i/fuzz-flow/2026/12/01/10/00/xx/{loop}/output.json",
-                ]
-            )
+            forged = rng.choice(_forged_uris(loop, other))
             event = _event(rng, loop, uri=forged)
             if rng.random() < 0.3:
                 event = _event(rng, loop)
@@ -913,18 +929,7 @@ def completion_events(
             value = orjson.dumps(event)
         elif roll < 0.6:
             kind, expect = "event_bad_uri", dlq("malformed_event")
-            bad = rng.choice(
-                [
-                    "s3:///etc/passwd",
-                    "s3://Bad_Bucket/a2i/fuzz-flow/2026/12/01/10/00/00/x/output.json",
-                    "s3://10.0.0.1/a2i/fuzz-flow/2026/12/01/10/00/00/x/output.json",
-                    "http://fuzz-outputs/output.json",
-                    "s3://fuzz-outputs/a/../../output.json?x=1",
-                    "s3://fuzz-outputs:99/a2i/output.json",
-                    "file://remote-host/etc/passwd",
-                    "s3://fuzz-outputs/" + "k" * 3000,
-                ]
-            )
+            bad = rng.choice(BAD_OUTPUT_URIS)
             event = _event(rng, loop, uri=bad)
             value = orjson.dumps(event)
         elif roll < 0.75:
@@ -956,6 +961,333 @@ def completion_events(
             )
         )
     return records
+
+
+# -- one coherent run for the sink and the console (both topics, and the answers in S3) ------
+
+#: Outcomes of a completion event besides ``dlq:<reason>``: it decides its loop (one verdict), or
+#: it arrives for a loop already decided and is counted as a duplicate (no output).
+DECIDES, DUPLICATE = "decides", "duplicate"
+OUTPUT_BUCKET = "fuzz-outputs"
+#: Where the forged answers sit: the loop's own prefix, another (well-formed) creation time.
+_FORGED_PREFIX = "s3://fuzz-outputs/a2i/fuzz-flow/2026/12/01/09/00/00"
+_TASK_KEY = "AWS/Rekognition/DetectModerationLabels/Image/V3"
+_PICKS: tuple[tuple[list[dict[str, str]], ...], ...] = (
+    ([],),  # approved
+    ([], []),
+    ([{"name": "Explicit Nudity", "parentName": "Explicit"}],),  # rejected (any)
+    ([], [{"name": "Graphic Violence", "parentName": "Violence"}]),  # rejected (any)
+)
+
+
+@dataclass
+class ReviewRun:
+    """The sink's and the console's inputs, in produce order, with what each must end in.
+
+    Produced in four phases, each once the sink has routed the one before, so that order
+    across the two topics is known: ``reviews`` (the review topic), ``events_first`` (events
+    whose review record comes after them), ``late_reviews`` (those records), then ``events``
+    (the rest of the completions topic). Events about one loop share a partition (as a keyed
+    bridge writes them), so they reach the sink in order.
+    """
+
+    reviews: list[FuzzRecord]
+    events_first: list[FuzzRecord]
+    events: list[FuzzRecord]
+    late_reviews: list[FuzzRecord]
+    #: S3 key in OUTPUT_BUCKET -> output.json, put before the events are produced.
+    outputs: dict[str, bytes]
+    #: request id of each valid review record -> (verdict, decided_by) of its one final verdict.
+    verdicts: dict[str, tuple[str, str]]
+
+    def produced(self) -> list[FuzzRecord]:
+        """Every record, in produce order."""
+        return [*self.reviews, *self.events_first, *self.late_reviews, *self.events]
+
+    def kinds(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for record in self.produced():
+            counts[record.kind] = counts.get(record.kind, 0) + 1
+        return dict(sorted(counts.items()))
+
+
+def output_document(loop: str, picks: tuple[list[dict[str, str]], ...], flow: str) -> bytes:
+    """An A2I output.json (Rekognition task type) for ``loop``: one answer per reviewer."""
+    return orjson.dumps(
+        {
+            "awsManagedHumanLoopRequestSource": _TASK_KEY,
+            "flowDefinitionArn": flow,
+            "humanLoopName": loop,
+            "humanAnswers": [
+                {
+                    "answerContent": {_TASK_KEY: {"moderationLabels": labels}},
+                    "submissionTime": "2026-12-01T10:04:00.000Z",
+                    "acceptanceTime": "2026-12-01T10:03:00.000Z",
+                    "timeSpentInSeconds": 60.0,
+                    "workerId": f"worker-{i}",
+                }
+                for i, labels in enumerate(picks)
+            ],
+            "inputContent": {},
+        }
+    )
+
+
+def _s3_key(uri: str) -> str:
+    return uri.removeprefix(f"s3://{OUTPUT_BUCKET}/")
+
+
+def review_run(
+    seed: int = DEFAULT_SEED,
+    *,
+    reviews: int = 1_550,
+    partitions: int = 3,
+    max_review_bytes: int,
+    max_event_bytes: int,
+) -> ReviewRun:
+    """Review records (``review_topic_records`` plus records over and just under
+    ``max_review_bytes``) and completion events that make every valid review end in exactly one
+    final verdict, around every way an event can be wrong.
+
+    Per valid loop: a ``Completed`` event whose answers are in ``outputs`` (a human verdict), or
+    ``Failed``/``Stopped`` (the fallback: ``rejected`` with MODERATION_REVIEW_FALLBACK=reject);
+    some preceded by a forged event (the loop's own prefix, another loop's answers or another
+    flow's), some followed by a duplicate, some with the review record last. Around them: events
+    refused at the door (forged URIs and ARNs, malformed URIs, broken shapes, not JSON,
+    tombstones, oversized, header names that are not UTF-8), orphans (loops with no review
+    record, or whose record was refused) and loops that get two events before any record.
+    """
+    rng = random.Random(seed * 7919 + 1)
+    review_records = review_topic_records(seed, count=reviews, partitions=partitions)
+    # Records over the size limit, and one just under it (forwarded and stored whole).
+    n = reviews
+    for size, kind, expect in (
+        (max_review_bytes + 1, "review_huge", INVALID_REVIEW),
+        (max_review_bytes + MIB, "review_huge", INVALID_REVIEW),
+        (max_review_bytes - 64 * 1024, "review_large", ACCEPTED),
+    ):
+        body = _review_record(rng, n)
+        n += 1
+        body["attributes"] = {"blob": ""}
+        body["attributes"]["blob"] = "b" * (size - len(orjson.dumps(body)))
+        sized = orjson.dumps(body)
+        assert len(sized) == size, (len(sized), size)
+        record = FuzzRecord(
+            kind=kind,
+            key=body["review"]["human_loop_name"].encode(),
+            value=sized,
+            headers=(),
+            expect=frozenset({expect}),
+            partition=rng.randrange(partitions),
+        )
+        review_records.insert(rng.randrange(len(review_records) + 1), record)
+
+    valid: list[tuple[FuzzRecord, str, str]] = []  # record, loop, request id
+    refused_loops: list[str] = []
+    for record in review_records:
+        parsed = _json_object(record.value)
+        review = parsed.get("review") if parsed is not None else None
+        loop = review.get("human_loop_name") if isinstance(review, dict) else None
+        if ACCEPTED in record.expect:
+            assert parsed is not None and isinstance(loop, str)
+            valid.append((record, loop, parsed["id"]))
+        elif isinstance(loop, str) and len(loop) <= 63 and loop.isalnum() and loop.islower():
+            refused_loops.append(loop)
+
+    partition_of: dict[str, int] = {}
+
+    def event_record(kind: str, loop: str, value: bytes | None, expect: str) -> FuzzRecord:
+        partition = partition_of.setdefault(loop, rng.randrange(partitions))
+        return FuzzRecord(
+            kind=kind,
+            key=loop.encode(),
+            value=value,
+            headers=(),
+            expect=frozenset({expect}),
+            partition=partition,
+        )
+
+    outputs: dict[str, bytes] = {}
+    verdicts: dict[str, tuple[str, str]] = {}
+    late: set[int] = set()
+    units: list[list[FuzzRecord]] = []
+    loops = [loop for _, loop, _ in valid]
+    for index, (_record, loop, request_id) in enumerate(valid):
+        unit: list[FuzzRecord] = []
+        roll = rng.random()
+        if roll < 0.1:  # the review record comes after its completion event
+            late.add(index)
+            picks = rng.choice(_PICKS)
+            outputs[f"{_s3_key(OUTPUT_PREFIX)}/{loop}/output.json"] = output_document(
+                loop, picks, FLOW_ARN
+            )
+            unit.append(
+                event_record("event_before_review", loop, _dump(_event(rng, loop)), DECIDES)
+            )
+            verdicts[request_id] = (_verdict_of(picks), "human")
+            units.append(unit)
+            continue
+        if rng.random() < 0.15:  # forged answers under its own prefix, before the real ones
+            other = rng.choice(loops)
+            uri = f"{_FORGED_PREFIX}/{loop}/output.json"
+            if other != loop and rng.random() < 0.6:
+                forged_doc = output_document(other, rng.choice(_PICKS), FLOW_ARN)
+            else:
+                forged_doc = output_document(
+                    loop, ([],), FLOW_ARN.replace("fuzz-flow", "fuzz-flow2")
+                )
+            outputs[_s3_key(uri)] = forged_doc
+            forged = _event(rng, loop, uri=uri)
+            unit.append(
+                event_record("event_forged_output", loop, _dump(forged), dlq("forged_event"))
+            )
+        if roll < 0.2:  # the loop failed or was stopped: the configured fallback decides
+            status = rng.choice(["Failed", "Stopped"])
+            event = _event(rng, loop, status=status)
+            if rng.random() < 0.5:
+                event["detail"].pop("humanLoopOutput")
+            if rng.random() < 0.5:
+                event["detail"]["failureCode"] = "Expired"
+                event["detail"]["failureReason"] = "worker task expired"
+            unit.append(event_record("event_failed", loop, _dump(event), DECIDES))
+            verdicts[request_id] = ("rejected", "fallback")
+        else:
+            picks = rng.choice(_PICKS)
+            outputs[f"{_s3_key(OUTPUT_PREFIX)}/{loop}/output.json"] = output_document(
+                loop, picks, FLOW_ARN
+            )
+            event = _event(rng, loop)
+            unit.append(event_record("event_valid", loop, _dump(event), DECIDES))
+            verdicts[request_id] = (_verdict_of(picks), "human")
+        if rng.random() < 0.2:  # EventBridge delivers at least once (same id), or A2I twice
+            again = dict(event) if rng.random() < 0.5 else {**event, "id": str(rng.getrandbits(64))}
+            unit.append(event_record("event_duplicate", loop, _dump(again), DUPLICATE))
+        units.append(unit)
+
+    # Events refused at the door, whatever their loop.
+    oversized = 0
+    hostile = max(300, len(valid) // 2)
+    for _ in range(hostile):
+        loop, other = rng.choice(loops), rng.choice(loops)
+        event = _event(rng, loop)
+        roll = rng.random()
+        value: bytes | None
+        if roll < 0.15:
+            kind, expect = "event_forged_uri", dlq("forged_event")
+            value = _dump(_event(rng, loop, uri=rng.choice(_forged_uris(loop, other))))
+        elif roll < 0.22:
+            kind, expect = "event_forged_arn", dlq("forged_event")
+            event["detail"]["humanLoopArn"] = event["detail"]["humanLoopArn"].replace(loop, other)
+            if other == loop:
+                event["detail"]["humanLoopArn"] += "x"
+            value = _dump(event)
+        elif roll < 0.4:
+            kind, expect = "event_bad_uri", dlq("malformed_event")
+            value = _dump(_event(rng, loop, uri=rng.choice(BAD_OUTPUT_URIS)))
+        elif roll < 0.6:
+            kind, expect = "event_malformed", dlq("malformed_event")
+            rng.choice(_EVENT_BREAKERS)(event)
+            value = _dump(event)
+        elif roll < 0.72:
+            kind, expect = "event_not_json", dlq("malformed_json")
+            value = rng.choice(
+                [b"", b"\x00" + rng.randbytes(100), b"{", b'{"detail": ', b"\xef\xbb\xbf{}"]
+            )
+        elif roll < 0.8:
+            kind, expect = "event_wrong_shape", dlq("malformed_event")
+            value = rng.choice([b"[1]", b'"Completed"', b"42", b"null", b"{}"])
+        elif roll < 0.86:
+            kind, expect, value = "event_tombstone", dlq("malformed_event"), None
+        elif roll < 0.92:
+            kind, expect = "event_oversized", dlq("record_too_large")
+            oversized += 1  # two as large as issue 11's (5 MB), the rest just over the limit
+            extra = 5 * MIB if oversized <= 2 else rng.randint(1, 16 * 1024)
+            event["detail"]["padding"] = "p" * (max_event_bytes + extra)
+            value = _dump(event)
+        else:
+            # A header name that is not UTF-8, in a raw batch with a refused neighbour.
+            kind, expect = "event_undecodable_header", dlq("undecodable_record")
+            value = _dump(event)
+        record = event_record(kind, loop, value, expect)
+        if kind == "event_undecodable_header":
+            header = ((raw_header_name(rng.choice([b"\xff\xfe", b"ok-\x80", b"\xc3\x28"])), b"x"),)
+            neighbour = event_record(
+                "event_bad_uri",
+                loop,
+                _dump(_event(rng, loop, uri=BAD_OUTPUT_URIS[0])),
+                dlq("malformed_event"),
+            )
+            batch = 10_000 + len(units)
+            units.append(
+                [
+                    _replace(record, headers=header, batch=batch),
+                    _replace(neighbour, batch=batch),
+                ]
+            )
+        else:
+            units.append([record])
+
+    # Completed events with no review record: for unknown loops and for loops whose record was
+    # refused; and loops that get two events before any record (each must end somewhere).
+    for i in range(max(20, len(valid) // 20)):
+        loop = rng.choice(refused_loops) if i % 3 == 0 and refused_loops else _new_loop(rng)
+        refused_loops = [x for x in refused_loops if x != loop]
+        units.append(
+            [event_record("event_orphan", loop, _dump(_event(rng, loop)), dlq("orphan_completion"))]
+        )
+    for _ in range(8):
+        loop = _new_loop(rng)
+        once = _event(rng, loop)
+        second = _event(rng, loop, status=rng.choice(["Completed", "Failed"]))
+        units.append(
+            [
+                event_record("event_held_twice", loop, _dump(once), dlq("orphan_completion")),
+                event_record("event_held_twice", loop, _dump(second), dlq("orphan_completion")),
+            ]
+        )
+
+    rng.shuffle(units)
+    events = [record for unit in units for record in unit]
+    # Produced first: the events whose review record follows them, then (in the last phase)
+    # the events that must expire, so their TTL runs while the rest is routed.
+    first = [r for r in events if r.kind == "event_before_review"]
+    held = {"event_orphan", "event_held_twice"}
+    events = [r for r in events if r.kind in held] + [
+        r for r in events if r.kind not in held and r.kind != "event_before_review"
+    ]
+    late_records = [valid[i][0] for i in sorted(late)]
+    late_ids = {id(record) for record in late_records}
+    early_reviews = [r for r in review_records if id(r) not in late_ids]
+    late_records = [_replace(r, kind="review_late") for r in late_records]
+    return ReviewRun(
+        reviews=early_reviews,
+        events_first=first,
+        events=events,
+        late_reviews=late_records,
+        outputs=outputs,
+        verdicts=verdicts,
+    )
+
+
+def _verdict_of(picks: tuple[list[dict[str, str]], ...]) -> str:
+    """The verdict under the default consensus (``any``): rejected if anyone picked a label."""
+    return REJECTED if any(picks) else APPROVED
+
+
+def _new_loop(rng: random.Random) -> str:
+    return f"m{rng.randbytes(31).hex()}"
+
+
+def _dump(event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event)
+
+
+def _json_object(value: bytes | None) -> dict[str, Any] | None:
+    try:
+        body = orjson.loads(value) if value else None
+    except orjson.JSONDecodeError:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -998,5 +1330,6 @@ __all__ = [
     "dlq",
     "label",
     "pipeline_records",
+    "review_run",
     "review_topic_records",
 ]
