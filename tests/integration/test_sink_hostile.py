@@ -367,6 +367,30 @@ async def test_forged_events_are_dead_lettered_and_decide_nothing(sink: Sink) ->
         assert out.verdict_of(loop) is None  # the review stays pending
 
 
+async def test_a_forged_event_cannot_drop_a_genuine_one_waiting_for_the_store(
+    sink: Sink,
+) -> None:
+    """The genuine answer waits for a flaky store; a forged event for the same loop (another
+    flow's answers, in a path of the right shape, so only reading it tells) arrives meanwhile.
+    Once, it took over the genuine one's retry and was then dead-lettered: the loop was left to
+    its SLA fallback."""
+    loop = "flaky-queued"  # the proxy answers 503 twice for any path of this loop
+    other_flow = FLOW.replace("flow-definition/moderation", "flow-definition/other")
+    await put_output(sink.s3, loop, output_json(loop, [EXPLICIT]))
+    forged_output = orjson.loads(output_json(loop, [[]]))
+    forged_output["flowDefinitionArn"] = other_flow
+    forged_key = f"other/2026/11/21/00/00/00/{loop}/output.json"
+    await _put(sink.s3, forged_key, orjson.dumps(forged_output))
+    await sink.reviews(loop)
+    forged = completion(loop, f"s3://{BUCKET}/{forged_key}", flowDefinitionArn=other_flow)
+    await sink.events(completion(loop), forged)
+
+    out = await sink.wait(lambda o: bool(o.verdict_of(loop)), 30)
+    assert out.verdict_of(loop) == Counter({("rejected", "human"): 1}), sink.tail()
+    assert sink.proxy.failures(loop) >= 2  # it did wait for the store
+    assert out.reasons_for(loop) == []  # decided first: the forged one is only a duplicate
+
+
 async def _put(endpoint: str, key: str, body: bytes) -> None:
     import aioboto3
 
