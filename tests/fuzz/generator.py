@@ -1302,13 +1302,8 @@ def _replace(record: FuzzRecord, **changes: Any) -> FuzzRecord:
 
 
 def _id_of(value: bytes | None) -> str | None:
-    if not value:
-        return None
-    try:
-        body = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
-    request_id = body.get("id") if isinstance(body, dict) else None
+    body = _json_object(value)
+    request_id = body.get("id") if body is not None else None
     return request_id if isinstance(request_id, str) else None
 
 

@@ -14,26 +14,22 @@ must fail a class assertion below, with the record named, not pause intake until
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
-import signal
 import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from service.errors import InputError
 from service.messages import MAX_CARRIED_HEADER_BYTES, MAX_OUTPUT_KEY_BYTES, parse_request
 from tests.fakes.rekognition import FakeRekognition
 from tests.fuzz.generator import (
@@ -47,17 +43,22 @@ from tests.fuzz.generator import (
     pipeline_records,
     review_topic_records,
 )
-from tests.kafka_helpers import (
-    Topics,
-    committed,
-    create_topics,
-    send_records_with_raw_headers,
+from tests.fuzz.harness import (
+    PARTITIONS,
+    SEED,
+    Proc,
+    door_outcome,
+    event_outcome,
+    produce_records,
+    read_topics,
+    stop_processes,
+    system,
+    wait_until,
 )
+from tests.kafka_helpers import Topics, committed, create_topics
 from tests.processes import local_settings, process_env, running_process
 
-PARTITIONS = 3
 RECORDS = 10_000
-SEED = 11
 GRACE_S = 10.0
 #: The Helm chart's memory limit for the pipeline (deploy/helm/*/values.yaml: pipeline
 #: resources.limits.memory 1Gi): whatever the input mix, the process must fit in its pod.
@@ -76,17 +77,6 @@ KNOWN_ISSUES: dict[str, str] = {
     # dead-lettered as internal_error) is refused at parse time now (invalid_field).
 }
 
-_Test = TypeVar("_Test", bound=Callable[..., Any])
-
-
-def system(test: _Test) -> _Test:
-    """The run's tests: a real broker and process. The first one to run pays for the run (about
-    a minute on two cores), hence the timeout; the generator's own tests below need neither."""
-    for mark in (pytest.mark.kafka, pytest.mark.slow, pytest.mark.fuzz, pytest.mark.timeout(120)):
-        test = mark(test)
-    return test
-
-
 # -- the run -----------------------------------------------------------------------------------
 
 
@@ -98,13 +88,9 @@ class FuzzRun:
     ends: dict[int, int]  # partition -> records produced there
     outputs: list[tuple[str, ConsumerRecord]]  # (output kind, record)
     committed: dict[int, int]
-    alive_at_end: bool
-    peak_rss_bytes: int
-    exit_code: int | None
-    stop_s: float
+    proc: Proc
     produce_s: float
     process_s: float  # process start until every offset was committed
-    log_tail: str
     topics: Topics
     figures: dict[str, Any] = field(default_factory=dict)
 
@@ -135,89 +121,10 @@ async def serve_origin(routes: dict[str, tuple[int, dict[str, str], bytes]]) -> 
         await runner.cleanup()
 
 
-async def produce_corpus(
-    bootstrap: str, topic: str, records: list[FuzzRecord]
-) -> tuple[dict[tuple[int, int], FuzzRecord], dict[int, int]]:
-    """Send every record in order; offsets follow from the order per partition (one producer,
-    one request in flight per broker), and each normal send's metadata confirms it."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=5, max_request_size=16 * 1024 * 1024
-    )
-    await producer.start()
-    by_source: dict[tuple[int, int], FuzzRecord] = {}
-    ends: dict[int, int] = dict.fromkeys(range(PARTITIONS), 0)
-    sent: list[tuple[asyncio.Future[Any], int, int]] = []
-    try:
-        index = 0
-        while index < len(records):
-            record = records[index]
-            if record.batch is not None:
-                batch = [r for r in records[index : index + 8] if r.batch == record.batch]
-                await send_records_with_raw_headers(
-                    producer,
-                    topic,
-                    record.partition,
-                    [(r.key, r.value, list(r.headers)) for r in batch],  # type: ignore[arg-type]  # a None value is a null header
-                )
-            else:
-                batch = [record]
-                future = await producer.send(
-                    topic,
-                    value=record.value,
-                    key=record.key,
-                    headers=list(record.headers),
-                    partition=record.partition,
-                    timestamp_ms=record.timestamp_ms,
-                )
-                sent.append((future, record.partition, ends[record.partition]))
-            for member in batch:
-                by_source[(member.partition, ends[member.partition])] = member
-                ends[member.partition] += 1
-            index += len(batch)
-        for future, partition, offset in sent:
-            metadata = await future
-            assert (metadata.partition, metadata.offset) == (partition, offset)
-    finally:
-        await producer.stop()
-    return by_source, ends
-
-
 async def read_outputs(bootstrap: str, topics: Topics) -> list[tuple[str, ConsumerRecord]]:
     """Every record of the output topics, read up to each partition's high watermark."""
     kind_of = {topic: kind for kind, topic in topics.outputs.items()}
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(t, p) for t in kind_of for p in range(PARTITIONS)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        out: list[tuple[str, ConsumerRecord]] = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while loop.time() < deadline:
-            for tp, batch in (await consumer.getmany(timeout_ms=200, max_records=5000)).items():
-                out.extend((kind_of[tp.topic], record) for record in batch)
-            marks = [consumer.highwater(tp) for tp in tps]
-            if all(m is not None for m in marks):
-                positions = [await consumer.position(tp) for tp in tps]
-                if all(pos >= mark for pos, mark in zip(positions, marks, strict=True)):
-                    return out
-        raise AssertionError("output topics not read to their end within 30 s")
-    finally:
-        await consumer.stop()
-
-
-def peak_rss(pid: int) -> int:
-    """VmHWM: the process's resident-set high-water mark, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmHWM for pid {pid}")
+    return [(kind_of[r.topic], r) for r in await read_topics(bootstrap, list(kind_of))]
 
 
 async def run_pipeline(
@@ -241,37 +148,26 @@ async def run_pipeline(
     async with running_process(argv, env, log) as proc:
         process_started = time.monotonic()
         # Produced while the process joins its group (Tansu holds a first join ~3 s).
-        by_source, ends = await produce_corpus(bootstrap, topics.input, corpus.records)
+        ends = dict.fromkeys(range(PARTITIONS), 0)
+        by_source = await produce_records(bootstrap, topics.input, corpus.records, ends)
         produce_s = time.monotonic() - process_started
-        while time.monotonic() - process_started < PROCESS_DEADLINE_S:
-            if proc.returncode is not None:
-                break
-            if await committed(bootstrap, topics.group, topics.input, PARTITIONS) == ends:
-                break
-            await asyncio.sleep(0.5)
+
+        async def all_committed() -> bool:
+            return await committed(bootstrap, topics.group, topics.input, PARTITIONS) == ends
+
+        await wait_until(all_committed, process_started + PROCESS_DEADLINE_S, [proc], 0.5)
         process_s = time.monotonic() - process_started
-        alive = proc.returncode is None
-        rss = peak_rss(proc.pid) if alive else 0
-        stop_started = time.monotonic()
-        exit_code: int | None = proc.returncode
-        if alive:
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(TimeoutError):
-                exit_code = await asyncio.wait_for(proc.wait(), GRACE_S + 5)
-        stop_s = time.monotonic() - stop_started
+        [ended] = (await stop_processes({"pipeline": proc}, GRACE_S + 5)).values()
+    ended.log_tail = log.read_text(errors="replace")[-4000:]
     run = FuzzRun(
         corpus=corpus,
         by_source=by_source,
         ends=ends,
         outputs=await read_outputs(bootstrap, topics),
         committed=await committed(bootstrap, topics.group, topics.input, PARTITIONS),
-        alive_at_end=alive,
-        peak_rss_bytes=rss,
-        exit_code=exit_code,
-        stop_s=stop_s,
+        proc=ended,
         produce_s=produce_s,
         process_s=process_s,
-        log_tail=log.read_text(errors="replace")[-4000:],
         topics=topics,
     )
     report(run, time.monotonic() - started)
@@ -308,10 +204,11 @@ def report(run: FuzzRun, wall_s: float) -> None:
         "  per class: " + ", ".join(f"{k} {n}" for k, n in run.corpus.kinds().items()),
         "  dlq reasons: "
         + ", ".join(f"{r.removeprefix('dlq:')} {n}" for r, n in reasons.most_common()),
-        f"  pipeline peak RSS (VmHWM): {run.peak_rss_bytes / 2**20:.0f} MiB "
+        f"  pipeline peak RSS (VmHWM): {run.proc.peak_rss_bytes / 2**20:.0f} MiB "
         f"(bound {RSS_BOUND_BYTES / 2**20:.0f} MiB)",
         f"  wall: produce {run.produce_s:.1f} s (overlapping the group join), all committed "
-        f"{run.process_s:.1f} s after start, SIGTERM exit {run.exit_code} in {run.stop_s:.1f} s, "
+        f"{run.process_s:.1f} s after start, SIGTERM exit {run.proc.exit_code} in "
+        f"{run.proc.stop_s:.1f} s, "
         f"whole run {wall_s:.1f} s",
     ]
     print("\n" + "\n".join(lines))
@@ -336,7 +233,7 @@ def check_exactly_one_output(run: FuzzRun) -> None:
     doubled = {src: [k for k, _ in outs] for src, outs in found.items() if len(outs) > 1}
     assert not missing, (
         f"{len(missing)} records without an output, e.g. "
-        f"{[(s, run.by_source[s].kind) for s in missing[:5]]}\n{run.log_tail}"
+        f"{[(s, run.by_source[s].kind) for s in missing[:5]]}\n{run.proc.log_tail}"
     )
     assert not extra, f"outputs for records never produced: {extra[:5]}"
     assert not doubled, (
@@ -419,17 +316,18 @@ def check_schemas_and_sizes(run: FuzzRun) -> None:
 
 def check_committed(run: FuzzRun) -> None:
     assert run.committed == run.ends, (
-        f"committed {run.committed}, produced {run.ends}\n{run.log_tail}"
+        f"committed {run.committed}, produced {run.ends}\n{run.proc.log_tail}"
     )
 
 
 def check_process(
     run: FuzzRun,
 ) -> None:
-    assert run.alive_at_end, f"the pipeline exited during the run\n{run.log_tail}"
-    assert 0 < run.peak_rss_bytes < RSS_BOUND_BYTES, run.peak_rss_bytes
-    assert run.exit_code == 0, f"exit {run.exit_code}\n{run.log_tail}"
-    assert run.stop_s <= GRACE_S + 5
+    proc = run.proc
+    assert proc.alive_at_end, f"the pipeline exited during the run\n{proc.log_tail}"
+    assert 0 < proc.peak_rss_bytes < RSS_BOUND_BYTES, proc.peak_rss_bytes
+    assert proc.exit_code == 0, f"exit {proc.exit_code}\n{proc.log_tail}"
+    assert proc.stop_s <= GRACE_S + 5
 
 
 @system
@@ -508,13 +406,10 @@ def test_pipeline_expectations_agree_with_the_request_parser() -> None:
     for record in pipeline_records(SEED, origin="http://127.0.0.2:1").records:
         if record.raw and record.kind == "undecodable_header":
             continue
-        try:
-            parse_request(record.value, max_record_bytes=8 * 2**20, max_image_bytes=5 * 2**20)
-        except InputError as exc:
-            refused: str | None = f"dlq:{exc.reason.value}"
-        else:
-            refused = None
-        if refused is not None:
+        refused = door_outcome(
+            parse_request, record.value, max_record_bytes=8 * 2**20, max_image_bytes=5 * 2**20
+        )
+        if refused != ACCEPTED:
             assert refused in record.expect, (record.kind, refused, record.expect)
         else:
             assert any(
@@ -523,7 +418,6 @@ def test_pipeline_expectations_agree_with_the_request_parser() -> None:
 
 
 def test_review_and_completion_expectations_agree_with_the_parsers() -> None:
-    from service.review.events import parse_event
     from service.review.records import parse_review_record
 
     reviews = review_topic_records(SEED)
@@ -531,23 +425,11 @@ def test_review_and_completion_expectations_agree_with_the_parsers() -> None:
     for record in reviews:
         if record.raw:
             continue
-        try:
-            parsed = parse_review_record(record.value, max_bytes=16 * 2**20)
-        except InputError as exc:
-            outcome = f"dlq:{exc.reason.value}"
-        else:
-            outcome = ACCEPTED
-            loops.append(parsed.loop_name)
+        outcome = door_outcome(parse_review_record, record.value, max_bytes=16 * 2**20)
+        if outcome == ACCEPTED:
+            loops.append(parse_review_record(record.value, max_bytes=16 * 2**20).loop_name)
         assert outcome in record.expect, (record.kind, outcome)
     limit = 256 * 1024
     for record in completion_events(SEED, loops=loops, max_event_bytes=limit):
-        if record.value is not None and len(record.value) > limit:
-            outcome = "dlq:record_too_large"  # the sink checks the size before parsing
-        else:
-            try:
-                parse_event(record.value)
-            except InputError as exc:
-                outcome = f"dlq:{exc.reason.value}"
-            else:
-                outcome = ACCEPTED
+        outcome = event_outcome(record.value, limit)
         assert outcome in record.expect, (record.kind, outcome)

@@ -19,27 +19,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import signal
 import sqlite3
 import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aioboto3
 import aiohttp
 import orjson
 import pytest
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.structs import ConsumerRecord
 
 from service.embedded import free_port
-from service.errors import InputError
 from service.review.events import parse_event
 from service.review.records import parse_review_record, review_record_limit
 from tests.console.harness import base_env
@@ -52,13 +47,22 @@ from tests.fuzz.generator import (
     ReviewRun,
     review_run,
 )
-from tests.fuzz.test_fuzz_pipeline import peak_rss
+from tests.fuzz.harness import (
+    PARTITIONS,
+    SEED,
+    Proc,
+    door_outcome,
+    event_outcome,
+    produce_records,
+    read_topics,
+    stop_processes,
+    system,
+    wait_until,
+)
 from tests.integration.test_review_sink import sink_env
-from tests.kafka_helpers import Topics, committed, create_topics, send_records_with_raw_headers
+from tests.kafka_helpers import Topics, committed, create_topics
 from tests.processes import local_settings, process_env, running_process
 
-PARTITIONS = 3
-SEED = 11
 GRACE_S = 10.0  # MODERATION_SHUTDOWN_GRACE_S for both; the chart gives their pods 45 s
 CHART_VALUES = Path(__file__).resolve().parents[2] / "deploy/helm/image-moderation/values.yaml"
 
@@ -88,27 +92,7 @@ DUPLICATES_SERIES = 'moderation_reviews_completed_total{outcome="duplicate"}'
 #: for a loop replaced the first, which then ended nowhere) is fixed.
 KNOWN_ISSUES: dict[str, str] = {}
 
-_Test = TypeVar("_Test", bound=Callable[..., Any])
-
-
-def system(test: _Test) -> _Test:
-    """The run's tests: a real broker and two processes; the first one pays for the run."""
-    for mark in (pytest.mark.kafka, pytest.mark.slow, pytest.mark.fuzz, pytest.mark.timeout(120)):
-        test = mark(test)
-    return test
-
-
 # -- the run -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Proc:
-    name: str
-    alive_at_end: bool
-    peak_rss_bytes: int
-    exit_code: int | None
-    stop_s: float
-    log_tail: str
 
 
 @dataclass
@@ -154,53 +138,6 @@ class ReviewFuzzRun:
         return "\n".join(f"--- {p.name} ---\n{p.log_tail}" for p in self.procs.values())
 
 
-async def produce_records(
-    bootstrap: str,
-    topic: str,
-    records: list[FuzzRecord],
-    ends: dict[int, int],
-    by_source: dict[tuple[str, int, int], FuzzRecord],
-) -> None:
-    """Send ``records`` in order, continuing the offsets in ``ends``; each normal send's
-    metadata confirms the offset it was given (one producer, so order per partition holds)."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=5, max_request_size=16 * 1024 * 1024
-    )
-    await producer.start()
-    sent: list[tuple[asyncio.Future[Any], int, int]] = []
-    try:
-        index = 0
-        while index < len(records):
-            record = records[index]
-            if record.batch is not None:
-                batch = [r for r in records[index : index + 8] if r.batch == record.batch]
-                await send_records_with_raw_headers(
-                    producer,
-                    topic,
-                    record.partition,
-                    [(r.key, r.value, list(r.headers)) for r in batch],  # type: ignore[arg-type]  # a None value is a null header
-                )
-            else:
-                batch = [record]
-                future = await producer.send(
-                    topic,
-                    value=record.value,
-                    key=record.key,
-                    headers=list(record.headers),
-                    partition=record.partition,
-                )
-                sent.append((future, record.partition, ends[record.partition]))
-            for member in batch:
-                by_source[(topic, member.partition, ends[member.partition])] = member
-                ends[member.partition] += 1
-            index += len(batch)
-        for future, partition, offset in sent:
-            metadata = await future
-            assert (metadata.partition, metadata.offset) == (partition, offset)
-    finally:
-        await producer.stop()
-
-
 async def put_outputs(endpoint: str, outputs: dict[str, bytes]) -> None:
     session = aioboto3.Session()
     async with session.client("s3", region_name="us-east-1", endpoint_url=endpoint) as s3:
@@ -213,35 +150,6 @@ async def put_outputs(endpoint: str, outputs: dict[str, bytes]) -> None:
                 await s3.put_object(Bucket=OUTPUT_BUCKET, Key=key, Body=body)
 
         await asyncio.gather(*(put(key, body) for key, body in outputs.items()))
-
-
-async def read_topics(bootstrap: str, names: list[str]) -> list[ConsumerRecord]:
-    """Every record of ``names``, read up to each partition's high watermark."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(t, p) for t in names for p in range(PARTITIONS)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        out: list[ConsumerRecord] = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while loop.time() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
-                out.extend(batch)
-            marks = [consumer.highwater(tp) for tp in tps]
-            if all(m is not None for m in marks):
-                positions = [await consumer.position(tp) for tp in tps]
-                if all(pos >= mark for pos, mark in zip(positions, marks, strict=True)):
-                    return out
-        raise AssertionError("output topics not read to their end within 30 s")
-    finally:
-        await consumer.stop()
 
 
 async def scrape(url: str) -> dict[str, float]:
@@ -296,27 +204,6 @@ class Expected:
             and series.get("moderation_review_early_completions", -1) == 0
             and dead >= self.sink_dead + orphans
         )
-
-
-async def wait_until(
-    check: Callable[[], Any], deadline: float, procs: list[asyncio.subprocess.Process]
-) -> bool:
-    while time.monotonic() < deadline:
-        if any(p.returncode is not None for p in procs):
-            return False
-        if await check():
-            return True
-        await asyncio.sleep(0.3)
-    return False
-
-
-async def stop(proc: asyncio.subprocess.Process) -> tuple[int | None, float]:
-    started = time.monotonic()
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), GRACE_S + 20)
-    return proc.returncode, time.monotonic() - started
 
 
 @pytest.fixture(scope="module")
@@ -406,7 +293,8 @@ async def review_fuzz(
             ("other events produced", completions, corpus.events),
         )
         for name, topic, records in phases:
-            await produce_records(kafka_bootstrap, topic, records, ends[topic], by_source)
+            produced = await produce_records(kafka_bootstrap, topic, records, ends[topic])
+            by_source.update({(topic, p, o): r for (p, o), r in produced.items()})
             if records is not corpus.events:
                 routed_in_time = await wait_until(
                     functools.partial(routed, topic), begun + PHASE_DEADLINE_S, procs
@@ -416,12 +304,7 @@ async def review_fuzz(
         await wait_until(finished, begun + RUN_DEADLINE_S, procs)
         timings["all done"] = time.monotonic() - begun
         series = await scrape(metrics_url)
-        alive = {name: p.returncode is None for name, p in (("sink", sink), ("console", console))}
-        rss = {
-            name: peak_rss(p.pid) if alive[name] else 0
-            for name, p in (("sink", sink), ("console", console))
-        }
-        stops = {"sink": await stop(sink), "console": await stop(console)}
+        procs_out = await stop_processes({"sink": sink, "console": console}, GRACE_S + 20)
     written = await read_topics(kafka_bootstrap, [topics.approved, topics.rejected, topics.dlq])
     with contextlib.closing(sqlite3.connect(tmp / "console.db")) as db:
         items = dict(db.execute("SELECT loop_name, request_id FROM console_items").fetchall())
@@ -429,17 +312,8 @@ async def review_fuzz(
         group: {name: await committed(kafka_bootstrap, group, name, PARTITIONS) for name in names}
         for group, names in groups.items()
     }
-    procs_out = {
-        name: Proc(
-            name=name,
-            alive_at_end=alive[name],
-            peak_rss_bytes=rss[name],
-            exit_code=stops[name][0],
-            stop_s=stops[name][1],
-            log_tail=log.read_text(errors="replace")[-3000:],
-        )
-        for name, log in (("sink", sink_log), ("console", console_log))
-    }
+    for name, log in (("sink", sink_log), ("console", console_log)):
+        procs_out[name].log_tail = log.read_text(errors="replace")[-3000:]
     run = ReviewFuzzRun(
         corpus=corpus,
         topics=topics,
@@ -637,26 +511,13 @@ def test_the_review_run_is_deterministic_and_agrees_with_the_parsers() -> None:
     for record in [*run.reviews, *run.late_reviews]:
         if record.raw:
             continue
-        try:
-            parse_review_record(record.value, max_bytes=MAX_REVIEW_BYTES)
-        except InputError as exc:
-            outcome = f"dlq:{exc.reason.value}"
-        else:
-            outcome = ACCEPTED
+        outcome = door_outcome(parse_review_record, record.value, max_bytes=MAX_REVIEW_BYTES)
         assert outcome == only(record.expect), (record.kind, outcome)
     after_parse = {"event_forged_output", "event_orphan", "event_held_twice"}
     for record in [*run.events_first, *run.events]:
         if record.raw and record.headers:
             continue
-        if record.value is not None and len(record.value) > MAX_EVENT_BYTES:
-            outcome = "dlq:record_too_large"
-        else:
-            try:
-                parse_event(record.value)
-            except InputError as exc:
-                outcome = f"dlq:{exc.reason.value}"
-            else:
-                outcome = ACCEPTED
+        outcome = event_outcome(record.value, MAX_EVENT_BYTES)
         if outcome == ACCEPTED:
             assert record.kind in after_parse or only(record.expect) in (DECIDES, DUPLICATE)
         else:
