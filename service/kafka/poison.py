@@ -16,6 +16,7 @@ returned, so the partition moves on and nothing is skipped or delivered twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 DECODE_ERRORS: tuple[type[Exception], ...] = (UnicodeDecodeError,)
 RECOVERY_RETRY_S = 1.0
 RAW_FETCH_WAIT_MS = 500
+CORRUPT_TRIES = 3  # reads of a batch our reader cannot parse before its first record is given up
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +48,7 @@ class UndecodableRecord:
     topic: str
     partition: int
     offset: int
-    timestamp: int
+    timestamp: int | None
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str | bytes, bytes | None], ...]  # names as text where they decode
@@ -100,6 +102,7 @@ class PoisonSafeConsumer:
         self._isolation_level = isolation_level
         self._client: Any = None
         self._next: dict[TopicPartition, int] = {}
+        self._corrupt: dict[tuple[TopicPartition, int], int] = {}
         self.recoveries = 0
 
     async def close(self) -> None:
@@ -137,27 +140,56 @@ class PoisonSafeConsumer:
         consumer = self._consumer
         paused = consumer.paused()
         polled = [tp for tp in (partitions or consumer.assignment()) if tp not in paused]
-        starts = {tp: await self._start_of(tp) for tp in polled}
+        starts: dict[TopicPartition, int] = {}
         result: dict[TopicPartition, list[Polled]] = {}
         budget = max_records
         try:
-            for tp, start in starts.items():
-                records = [] if budget <= 0 else await self._read(tp, start)
+            for tp in polled:
+                starts[tp] = start = await self._start_of(tp)
+                records = [] if budget <= 0 else await self._read_or_give_up(tp, start, error)
                 records = records[:budget]
                 budget -= len(records)
                 if records:
-                    result[tp] = [_polled(tp, raw, error) for raw in records]
+                    result[tp] = records
                 consumer.seek(tp, records[-1].offset + 1 if records else start)
-        except (KafkaError, CorruptBatch, OSError) as exc:
+        except (KafkaError, OSError) as exc:
             # Cannot read it now: put every partition back where it was and let the next poll
             # try again; nothing handed out, so nothing is lost.
             log.warning("raw read failed (%r); retrying in %.0fs", exc, RECOVERY_RETRY_S)
             for tp, start in starts.items():
-                consumer.seek(tp, start)
+                with contextlib.suppress(KafkaError):  # revoked meanwhile: its owner re-reads
+                    consumer.seek(tp, start)
             await asyncio.sleep(RECOVERY_RETRY_S)
             return {}
         self.recoveries += 1
         return result
+
+    async def _read_or_give_up(self, tp: TopicPartition, start: int, error: str) -> list[Polled]:
+        """The records from ``start``; a batch that stays unreadable is given up one offset at
+        a time (an UndecodableRecord without its parts), never retried forever."""
+        try:
+            raw = await self._read(tp, start)
+        except CorruptBatch as exc:
+            tries = self._corrupt.get((tp, start), 0) + 1
+            self._corrupt[(tp, start)] = tries
+            if tries < CORRUPT_TRIES:
+                raise KafkaError(f"unreadable batch at {tp}@{start}: {exc}") from exc
+            del self._corrupt[(tp, start)]
+            log.error("giving up on %s@%d after %d unreadable reads: %s", tp, start, tries, exc)
+            return [
+                UndecodableRecord(
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    offset=start,
+                    timestamp=None,
+                    key=None,
+                    value=None,
+                    headers=(),
+                    error=f"its batch cannot be read ({exc}; {error})",
+                )
+            ]
+        self._corrupt.pop((tp, start), None)
+        return [_polled(tp, record, error) for record in raw]
 
     async def _start_of(self, tp: TopicPartition) -> int:
         """The offset after the last record handed out, else where the group left off."""
