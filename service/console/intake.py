@@ -160,6 +160,11 @@ class Intake:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 continue
+            except Exception as exc:  # a bug on one record must not wedge the intake
+                log.exception("console intake failed on %s@%d", record.topic, record.offset)
+                bug = InputError(Reason.INTERNAL_ERROR, repr(exc))
+                await self._dead_letter(record, bug, publisher)
+                outcome = "dead_lettered"
             self._metrics.console_intake.labels(outcome=outcome).inc()
             attempt = 0
             index += 1

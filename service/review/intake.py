@@ -23,6 +23,7 @@ import mode
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from service.errors import PublishError
 from service.kafka.poison import PoisonSafeConsumer, Polled, reader_for
 from service.settings import KafkaSettings
 
@@ -42,6 +43,7 @@ class SinkIntake(mode.Service):
         bootstrap: str,
         group_id: str,
         routes: dict[str, Router],
+        on_bug: Callable[[Polled, str], Awaitable[None]],
         max_record_bytes: int,
     ) -> None:
         super().__init__()
@@ -49,6 +51,7 @@ class SinkIntake(mode.Service):
         self._bootstrap = bootstrap
         self._group_id = group_id
         self._routes = routes
+        self._on_bug = on_bug  # dead-letters the record as internal_error
         self._max_record_bytes = max_record_bytes
         self._consumer: AIOKafkaConsumer | None = None
         self._safe: PoisonSafeConsumer | None = None
@@ -83,12 +86,24 @@ class SinkIntake(mode.Service):
             if consumer is None or safe is None:
                 await self.sleep(0.1)
                 continue
-            batches = await safe.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=MAX_RECORDS)
+            try:
+                batches = await safe.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=MAX_RECORDS)
+            except KafkaError as exc:  # the broker's trouble: poll again shortly
+                log.warning("sink intake poll failed (%r); polling again", exc)
+                await self.sleep(1.0)
+                continue
             for records in batches.values():
                 for record in records:
                     if self.should_stop:
                         return  # not committed: those records come again
-                    await self._routes[record.topic](record)
+                    try:
+                        await self._routes[record.topic](record)
+                    except PublishError:
+                        return  # shutting down with a send unacknowledged: redelivered later
+                    except Exception as exc:  # a bug must not stop every review: keep the record
+                        log.exception("sink intake failed on %s[%d]@%d", record.topic,
+                                      record.partition, record.offset)  # fmt: skip
+                        await self._on_bug(record, repr(exc))
                     self.handled += 1
             if batches:
                 try:

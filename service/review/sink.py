@@ -173,6 +173,7 @@ class CompletionSink:
                 kafka.review_topic: self.route_review,
                 review.completions_topic: self.route_completion,
             },
+            on_bug=self._intake_bug,
             max_record_bytes=self._max_review_bytes,
         )
         # Started once the tables are recovered, stopped with the app (faust takes an instance
@@ -309,6 +310,9 @@ class CompletionSink:
             },
         }
         await self._forward(record, completion.loop_name, command)
+
+    async def _intake_bug(self, record: Polled, error: str) -> None:
+        await self._dead_letter_record(record, Reason.INTERNAL_ERROR, error)
 
     async def _forward(self, record: Polled, loop: str, command: dict[str, Any]) -> None:
         try:
