@@ -383,7 +383,11 @@ async def test_a_forged_event_cannot_drop_a_genuine_one_waiting_for_the_store(
     await _put(sink.s3, forged_key, orjson.dumps(forged_output))
     await sink.reviews(loop)
     forged = completion(loop, f"s3://{BUCKET}/{forged_key}", flowDefinitionArn=other_flow)
-    await sink.events(completion(loop), forged)
+    # One key, so one partition: the genuine event is read first, the forged one right after.
+    key = loop.encode()
+    await produce(
+        sink.bootstrap, sink.completions, [(key, completion(loop), []), (key, forged, [])]
+    )
 
     out = await sink.wait(lambda o: bool(o.verdict_of(loop)), 30)
     assert out.verdict_of(loop) == Counter({("rejected", "human"): 1}), sink.tail()
