@@ -92,5 +92,6 @@ class EmbeddedBroker:
         try:
             await asyncio.wait_for(process.wait(), timeout=5)
         except TimeoutError:
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):  # it may exit at that very moment
+                process.kill()
             await process.wait()

@@ -16,7 +16,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -48,6 +49,27 @@ log = logging.getLogger(__name__)
 COMMIT_INTERVAL_S = 1.0
 POLL_TIMEOUT_MS = 100
 REVOKE_DRAIN_S = 10.0
+CLOSE_TIMEOUT_S = 10.0  # one client's close, when no stop deadline is set (start-up failures)
+CLOSE_RESERVE_S = 3.0  # of the grace period, kept for the final commit and the closes
+COMMIT_TIMEOUT_S = 10.0  # a commit the coordinator does not answer is given up (redelivery)
+MIN_CLOSE_S = 0.1
+
+T = TypeVar("T")
+
+
+async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """``work``'s result, or None when ``stop`` is set first (``work`` is then cancelled)."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return None
 
 
 async def ensure_topics(
@@ -151,98 +173,155 @@ class Runner:
         self._slot_freed = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._last_commit = 0.0
+        self._deadline: float | None = None  # set when a stop is asked: monotonic time
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then return within the shutdown grace period whatever
+        state the group or the broker is in: joining, rebalancing, or gone."""
+        watch = asyncio.create_task(self._note_stop(stop))
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                started = await _unless_stopped(self._open(stack), stop)
+                if started is None:
+                    log.info("stopped while starting")
+                    return
+                consumer, safe, pipeline = started
+                try:
+                    await self._intake(consumer, safe, pipeline, stop)
+                finally:
+                    await self._drain(self._drain_budget())
+                    await self._commit(force=True)
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+
+    async def _note_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._deadline = time.monotonic() + self._settings.shutdown_grace_s
+
+    def _remaining(self, default: float = CLOSE_TIMEOUT_S) -> float:
+        """Time left before the shutdown deadline (a fixed bound before any stop)."""
+        if self._deadline is None:
+            return default
+        return max(MIN_CLOSE_S, self._deadline - time.monotonic())
+
+    def _drain_budget(self) -> float:
+        """In-flight work gets the grace period less a reserve to commit and close in."""
+        grace = self._settings.shutdown_grace_s
+        return max(0.0, self._remaining(grace) - min(CLOSE_RESERVE_S, grace * 0.3))
+
+    def _closing(
+        self, name: str, close: Callable[[], Awaitable[None]]
+    ) -> Callable[[], Awaitable[None]]:
+        """An exit-stack callback that closes one client within the time left, whatever it does."""
+
+        async def bounded() -> None:
+            budget = self._remaining()
+            try:
+                await asyncio.wait_for(close(), budget)
+            except TimeoutError:
+                log.warning("%s did not close within %.1fs; left behind", name, budget)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                log.warning("%s was cancelled inside its own close", name)  # aiokafka's fetcher
+            except Exception:  # one client's failure must not keep the others open
+                log.exception("%s failed to close", name)
+
+        return bounded
+
+    async def _open(
+        self, stack: contextlib.AsyncExitStack[bool | None]
+    ) -> tuple[AIOKafkaConsumer, PoisonSafeConsumer, Pipeline]:
+        """Start every client, each closed by ``stack`` in reverse order, and the pipeline."""
         settings = self._settings
         kafka = settings.kafka
-        async with contextlib.AsyncExitStack() as stack:
-            bootstrap = kafka.bootstrap_servers
-            if bootstrap is None:  # local runs: our own broker, so our own topics too
-                broker = EmbeddedBroker()
-                await broker.start()
-                stack.push_async_callback(broker.stop)
-                bootstrap = broker.bootstrap_servers
-                await ensure_topics(kafka, bootstrap, 4, (settings.review.completions_topic,))
+        bootstrap = kafka.bootstrap_servers
+        if bootstrap is None:  # local runs: our own broker, so our own topics too
+            broker = EmbeddedBroker()
+            await broker.start()
+            stack.push_async_callback(self._closing("embedded broker", broker.stop))
+            bootstrap = broker.bootstrap_servers
+            await ensure_topics(kafka, bootstrap, 4, (settings.review.completions_topic,))
 
-            http = HttpServer(self.metrics, self.health, settings.http_host, settings.http_port)
-            await http.start()
-            stack.push_async_callback(http.close)  # closed last: probes answer while draining
-            self.http_port = http.port
+        http = HttpServer(self.metrics, self.health, settings.http_host, settings.http_port)
+        await http.start()
+        # Closed last: probes answer while draining.
+        stack.push_async_callback(self._closing("http server", http.close))
+        self.http_port = http.port
 
-            # Closed after the consumer and producer: draining tasks still use them.
-            await self._backend.start()
-            stack.push_async_callback(self._backend.close)
-            fetcher = ImageFetcher(
-                FetchPolicy(
-                    max_bytes=settings.fetch.max_bytes,
-                    timeout_s=settings.fetch.timeout_s,
-                    allowed_networks=settings.fetch.allowed_networks,
-                )
+        # Closed after the consumer and producer: draining tasks still use them.
+        await self._backend.start()
+        stack.push_async_callback(self._closing("backend", self._backend.close))
+        fetcher = ImageFetcher(
+            FetchPolicy(
+                max_bytes=settings.fetch.max_bytes,
+                timeout_s=settings.fetch.timeout_s,
+                allowed_networks=settings.fetch.allowed_networks,
             )
-            await fetcher.start()
-            stack.push_async_callback(fetcher.close)
+        )
+        await fetcher.start()
+        stack.push_async_callback(self._closing("image fetcher", fetcher.close))
 
-            producer = AIOKafkaProducer(
-                **kafka_client_options(kafka, bootstrap),
-                acks="all",
-                enable_idempotence=kafka.enable_idempotence,
-                linger_ms=5,
-                max_request_size=2 * kafka.max_input_bytes + 64 * 1024,
-            )
-            await producer.start()
-            stack.push_async_callback(producer.stop)  # flushes what is still buffered
+        producer = AIOKafkaProducer(
+            **kafka_client_options(kafka, bootstrap),
+            acks="all",
+            enable_idempotence=kafka.enable_idempotence,
+            linger_ms=5,
+            max_request_size=2 * kafka.max_input_bytes + 64 * 1024,
+        )
+        # Flushes what is still buffered; pushed first, so a start cut short is closed too.
+        stack.push_async_callback(self._closing("producer", producer.stop))
+        await producer.start()
 
-            limiter = AdaptiveRateLimiter(settings.backend.tps, settings.backend.tps_burst)
-            breaker = CircuitBreaker()
-            self.metrics.limiter_rate.set_function(lambda: limiter.rate)
-            self.metrics.limiter_max_rate.set(limiter.max_rate)
-            self.metrics.circuit_open.set_function(lambda: float(breaker.is_open))
-            budget = ConcurrencyBudget(limiter, ceiling=settings.backend.max_in_flight)
-            self._budget = budget
-            self.metrics.max_in_flight.set_function(lambda: budget.limit)
-            self.health.backend_ok = lambda: not breaker.is_open
-            pipeline = Pipeline(
-                settings,
-                backend=self._backend,
-                fetcher=fetcher,
-                limiter=limiter,
-                breaker=breaker,
-                policy=self._policy,
-                sink=Publisher(producer, self.metrics),
-                metrics=self.metrics,
-                budget=budget,
-                conditions=self._conditions,
-                backend_name=settings.backend.kind,
-            )
-            consumer = AIOKafkaConsumer(
-                **kafka_client_options(kafka, bootstrap),
-                group_id=kafka.group_id,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                session_timeout_ms=kafka.session_timeout_ms,
-                heartbeat_interval_ms=max(1000, kafka.session_timeout_ms // 3),
-                max_poll_records=settings.backend.max_in_flight,
-                fetch_max_wait_ms=kafka.fetch_max_wait_ms,
-            )
-            self._consumer = consumer
-            consumer.subscribe([kafka.input_topic], listener=_Rebalance(self))
-            await consumer.start()
-            stack.push_async_callback(consumer.stop)  # leaves the group; we commit ourselves
-            safe = PoisonSafeConsumer(consumer, kafka_client_options(kafka, bootstrap))
-            self._safe = safe
-            stack.push_async_callback(safe.close)
-            self.health.checks += [self._guard_problem, self._stuck_problem]
-            log.info(
-                "consuming %s as group %s from %s", kafka.input_topic, kafka.group_id, bootstrap
-            )
-            self.health.started = True
-            self.ready.set()
-            try:
-                await self._intake(consumer, safe, pipeline, stop)
-            finally:
-                await self._drain(settings.shutdown_grace_s)
-                await self._commit(force=True)
+        limiter = AdaptiveRateLimiter(settings.backend.tps, settings.backend.tps_burst)
+        breaker = CircuitBreaker()
+        self.metrics.limiter_rate.set_function(lambda: limiter.rate)
+        self.metrics.limiter_max_rate.set(limiter.max_rate)
+        self.metrics.circuit_open.set_function(lambda: float(breaker.is_open))
+        budget = ConcurrencyBudget(limiter, ceiling=settings.backend.max_in_flight)
+        self._budget = budget
+        self.metrics.max_in_flight.set_function(lambda: budget.limit)
+        self.health.backend_ok = lambda: not breaker.is_open
+        pipeline = Pipeline(
+            settings,
+            backend=self._backend,
+            fetcher=fetcher,
+            limiter=limiter,
+            breaker=breaker,
+            policy=self._policy,
+            sink=Publisher(producer, self.metrics),
+            metrics=self.metrics,
+            budget=budget,
+            conditions=self._conditions,
+            backend_name=settings.backend.kind,
+        )
+        consumer = AIOKafkaConsumer(
+            **kafka_client_options(kafka, bootstrap),
+            group_id=kafka.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=kafka.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, kafka.session_timeout_ms // 3),
+            max_poll_records=settings.backend.max_in_flight,
+            fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+        )
+        self._consumer = consumer
+        consumer.subscribe([kafka.input_topic], listener=_Rebalance(self))
+        # Leaves the group (we commit ourselves); start() waits for the first join, which a
+        # stop may cut short: the consumer is closed all the same.
+        stack.push_async_callback(self._closing("consumer", consumer.stop))
+        await consumer.start()
+        safe = PoisonSafeConsumer(consumer, kafka_client_options(kafka, bootstrap))
+        self._safe = safe
+        stack.push_async_callback(self._closing("raw reader", safe.close))
+        self.health.checks += [self._guard_problem, self._stuck_problem]
+        log.info("consuming %s as group %s from %s", kafka.input_topic, kafka.group_id, bootstrap)
+        self.health.started = True
+        self.ready.set()
+        return consumer, safe, pipeline
 
     async def _intake(
         self,
@@ -264,13 +343,20 @@ class Runner:
                 self._slot_freed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._slot_freed.wait(), timeout=0.2)
-                await consumer.getmany(timeout_ms=0)
+                if await _unless_stopped(consumer.getmany(timeout_ms=0), stop) is None:
+                    break
             else:
                 paused = consumer.paused()
                 if paused:
                     consumer.resume(*paused)
                 recoveries = safe.recoveries
-                batches = await safe.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=capacity)
+                # A poll waits for the group to settle; a rebalance that never ends must not
+                # keep a stop waiting.
+                batches = await _unless_stopped(
+                    safe.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=capacity), stop
+                )
+                if batches is None:
+                    break
                 self.metrics.undecodable_recoveries.inc(safe.recoveries - recoveries)
                 for tp, records in batches.items():
                     for record in records:
@@ -431,8 +517,8 @@ class Runner:
         if not points:
             return
         try:
-            await self._consumer.commit(points)
-        except (CommitFailedError, KafkaError) as exc:
+            await asyncio.wait_for(self._consumer.commit(points), self._remaining(COMMIT_TIMEOUT_S))
+        except (CommitFailedError, KafkaError, TimeoutError) as exc:
             log.warning("commit failed (%r); those records will be redelivered", exc)
             self.metrics.commit_failures.inc()
             return
