@@ -301,6 +301,9 @@ class Runner:
         consumer = AIOKafkaConsumer(
             **kafka_client_options(kafka, bootstrap),
             group_id=kafka.group_id,
+            # Static membership: a restart within the session timeout takes its partitions back
+            # without a rebalance, and a static member does not leave the group on stop.
+            group_instance_id=kafka.group_instance_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=kafka.session_timeout_ms,

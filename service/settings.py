@@ -42,6 +42,7 @@ class KafkaSettings:
     session_timeout_ms: int
     max_input_bytes: int
     fetch_max_wait_ms: int
+    group_instance_id: str | None = None  # static membership (KIP-345): a stable member name
 
 
 @dataclass(frozen=True)
@@ -338,7 +339,16 @@ class EnvReader:
             fetch_max_wait_ms=self.integer(
                 "KAFKA_FETCH_MAX_WAIT_MS", 500 if bootstrap is not None else 20, low=1, high=30_000
             ),
+            group_instance_id=self.instance_id("KAFKA_GROUP_INSTANCE_ID"),
         )
+
+    def instance_id(self, name: str) -> str | None:
+        value = self.raw(name)
+        if value is not None and (len(value) > 249 or not _TOPIC_NAME.fullmatch(value)):
+            raise ConfigError(
+                name, f"must be 1-249 of the characters A-Z a-z 0-9 . _ - (got {value!r})"
+            )
+        return value
 
     def review(self, kafka: KafkaSettings) -> ReviewSettings:
         inline = self.raw("MODERATION_ACTIVATION_CONDITIONS")

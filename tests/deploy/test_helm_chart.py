@@ -48,6 +48,7 @@ NOT_IN_CONFIGMAP = {
     "MODERATION_REVIEW_LOCAL_STORE": "local runs without A2I only",
     "SINK_PRODUCER_MAX_BATCH_SIZE": "a test knob for the embedded broker",
     "MODERATION_LOCAL_MODEL_PATHS": "other model files need a custom image; set it via extraEnv",
+    "KAFKA_GROUP_INSTANCE_ID": "set per pod from its name (kafka.staticMembership), not shared",
 }
 
 
@@ -170,6 +171,23 @@ def test_secrets_are_only_referenced(chart: Any, values_file: Path | None) -> No
             if var["name"].startswith("KAFKA_SASL"):
                 assert set(var) == {"name", "valueFrom"}, var
                 assert "secretKeyRef" in var["valueFrom"]
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_the_pipeline_is_a_static_member_named_after_its_pod(chart: Any, static: bool) -> None:
+    docs = render(chart, {"kafka": {"staticMembership": static}})
+    for component, deployment in deployments(docs).items():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        found = [v for v in container.get("env", []) if v["name"] == "KAFKA_GROUP_INSTANCE_ID"]
+        if static and component == "pipeline":
+            assert found == [
+                {
+                    "name": "KAFKA_GROUP_INSTANCE_ID",
+                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                }
+            ]
+        else:  # the sink and the console keep dynamic membership; so does everything when off
+            assert found == [], component
 
 
 def check_custom_resources(docs: list[dict[str, Any]]) -> None:
@@ -365,7 +383,7 @@ def test_configmap_sets_every_variable_the_service_reads(chart: Any) -> None:
     source = (REPO / "service" / "settings.py").read_text()
     read = set(
         re.findall(
-            r"self\.(?:raw|text|number|integer|boolean|choice|topic|networks|parsed)\(\s*"
+            r"self\.(?:raw|text|number|integer|boolean|choice|topic|networks|parsed|instance_id)\(\s*"
             r"\"([A-Z][A-Z0-9_]+)\"",
             source,
         )

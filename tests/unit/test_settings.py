@@ -331,3 +331,13 @@ def test_sasl_password_never_appears_in_repr() -> None:
 @pytest.mark.parametrize("topic", ["t\u00f3pico", "orders\u0663", "\uff4d\uff4f\uff44", ".", ".."])
 def test_topic_names_kafka_refuses_are_refused(topic: str) -> None:
     assert config_error(MODERATION_INPUT_TOPIC=topic).variable == "MODERATION_INPUT_TOPIC"
+
+
+def test_group_instance_id_is_optional_and_validated() -> None:
+    assert Settings.from_env({}).kafka.group_instance_id is None
+    env = {"KAFKA_GROUP_INSTANCE_ID": "moderation-pipeline-7c9f-x2"}
+    assert Settings.from_env(env).kafka.group_instance_id == "moderation-pipeline-7c9f-x2"
+    for bad in ("has space", "x" * 250, "slash/ed"):
+        with pytest.raises(ConfigError) as caught:
+            Settings.from_env({"KAFKA_GROUP_INSTANCE_ID": bad})
+        assert caught.value.variable == "KAFKA_GROUP_INSTANCE_ID"

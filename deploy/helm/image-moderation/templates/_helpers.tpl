@@ -188,8 +188,16 @@ spec:
             {{- with $v.extraEnvFrom }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
-          {{- if or $v.kafka.sasl.usernameSecret.name $v.kafka.sasl.passwordSecret.name $v.extraEnv }}
+          {{- $static := and $v.kafka.staticMembership (eq .command "run") }}
+          {{- if or $v.kafka.sasl.usernameSecret.name $v.kafka.sasl.passwordSecret.name $v.extraEnv $static }}
           env:
+            {{- if $static }}
+            # Static membership: the pod's name survives container restarts.
+            - name: KAFKA_GROUP_INSTANCE_ID
+              valueFrom:
+                fieldRef:
+                  fieldPath: metadata.name
+            {{- end }}
             {{- if $v.kafka.sasl.usernameSecret.name }}
             - name: KAFKA_SASL_USERNAME
               valueFrom:
