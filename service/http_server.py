@@ -39,16 +39,16 @@ class Health:
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
+        for check in self.checks:  # first: a group that never settles also keeps us "starting"
+            problem = check()
+            if problem is not None:
+                return False, problem
         if not self.started:
             return False, "starting"
         if self.partitions == 0:
             return False, "no partitions assigned"
         if not self.backend_ok():
             return False, "backend unreachable (circuit open)"
-        for check in self.checks:
-            problem = check()
-            if problem is not None:
-                return False, problem
         return True, "ok"
 
 

@@ -144,6 +144,16 @@ class Metrics:
             "MODERATION_STUCK_AFTER_S.",
             registry=r,
         )
+        self.group_unsettled = Gauge(
+            "moderation_group_unsettled_seconds",
+            "How long the consumer group has been rebalancing without settling (0 when settled).",
+            registry=r,
+        )
+        self.group_stalled = Gauge(
+            "moderation_group_stalled",
+            "1 while the group has not settled for longer than KAFKA_REBALANCE_STALL_S.",
+            registry=r,
+        )
         self.dlq_guard_tripped = Gauge(
             "moderation_dlq_guard_tripped",
             "1 while intake is stopped because too many recent messages were dead-lettered, "

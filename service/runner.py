@@ -53,6 +53,7 @@ CLOSE_TIMEOUT_S = 10.0  # one client's close, when no stop deadline is set (star
 CLOSE_RESERVE_S = 3.0  # of the grace period, kept for the final commit and the closes
 COMMIT_TIMEOUT_S = 10.0  # a commit the coordinator does not answer is given up (redelivery)
 MIN_CLOSE_S = 0.1
+GROUP_WATCH_S = 1.0
 
 T = TypeVar("T")
 
@@ -174,12 +175,18 @@ class Runner:
         self._consumer: AIOKafkaConsumer | None = None
         self._last_commit = 0.0
         self._deadline: float | None = None  # set when a stop is asked: monotonic time
+        # Since when the group has had no settled assignment (None: it has one); from start-up.
+        self._unsettled_since: float | None = time.monotonic()
+        self.metrics.group_unsettled.set_function(self._unsettled_s)
+        self.metrics.group_stalled.set_function(lambda: float(self._group_problem() is not None))
+        self.health.checks += [self._group_problem, self._guard_problem, self._stuck_problem]
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then return within the shutdown grace period whatever
         state the group or the broker is in: joining, rebalancing, or gone."""
         watch = asyncio.create_task(self._note_stop(stop))
+        settle = asyncio.create_task(self._watch_group())
         try:
             async with contextlib.AsyncExitStack() as stack:
                 started = await _unless_stopped(self._open(stack), stop)
@@ -194,7 +201,29 @@ class Runner:
                     await self._commit(force=True)
         finally:
             watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
+            settle.cancel()
+            await asyncio.gather(watch, settle, return_exceptions=True)
+
+    def _unsettled_s(self) -> float:
+        """How long the group has been without a settled assignment (0 when it has one)."""
+        since = self._unsettled_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def _group_problem(self) -> str | None:
+        unsettled = self._unsettled_s()
+        if unsettled <= self._settings.kafka.rebalance_stall_s:
+            return None
+        return f"consumer group not settled for {unsettled:.0f}s (a rebalance that does not end)"
+
+    async def _watch_group(self) -> None:
+        """Says once per episode, in the log, that the group has not settled in time."""
+        reported = False
+        while True:
+            await asyncio.sleep(GROUP_WATCH_S)
+            problem = self._group_problem()
+            if problem is not None and not reported:
+                log.warning("%s; see docs/operations.md, ModerationGroupUnsettled", problem)
+            reported = problem is not None
 
     async def _note_stop(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -320,7 +349,6 @@ class Runner:
         safe = PoisonSafeConsumer(consumer, kafka_client_options(kafka, bootstrap))
         self._safe = safe
         stack.push_async_callback(self._closing("raw reader", safe.close))
-        self.health.checks += [self._guard_problem, self._stuck_problem]
         log.info("consuming %s as group %s from %s", kafka.input_topic, kafka.group_id, bootstrap)
         self.health.started = True
         self.ready.set()
@@ -420,6 +448,7 @@ class Runner:
 
     def assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        self._unsettled_since = None
         self.health.partitions = len(assigned)
         self.metrics.partitions_assigned.set(len(assigned))
 
@@ -477,6 +506,8 @@ class Runner:
 
     async def release(self, revoked: set[TopicPartition]) -> None:
         """Called on rebalance: finish what we can, commit it, and give the rest up uncommitted."""
+        if self._unsettled_since is None:  # a rebalance begins: it should end soon
+            self._unsettled_since = time.monotonic()
         tasks = [task for task, tp in self._tasks.items() if tp in revoked]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=REVOKE_DRAIN_S)

@@ -43,6 +43,7 @@ class KafkaSettings:
     max_input_bytes: int
     fetch_max_wait_ms: int
     group_instance_id: str | None = None  # static membership (KIP-345): a stable member name
+    rebalance_stall_s: float = 120.0  # a group unsettled for longer is reported (metric, /readyz)
 
 
 @dataclass(frozen=True)
@@ -340,6 +341,7 @@ class EnvReader:
                 "KAFKA_FETCH_MAX_WAIT_MS", 500 if bootstrap is not None else 20, low=1, high=30_000
             ),
             group_instance_id=self.instance_id("KAFKA_GROUP_INSTANCE_ID"),
+            rebalance_stall_s=self.number("KAFKA_REBALANCE_STALL_S", 120.0, low=1, high=3600),
         )
 
     def instance_id(self, name: str) -> str | None:
