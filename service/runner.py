@@ -159,7 +159,6 @@ class Runner:
         self.metrics.initialise(settings.backend.kind)
         self.health = Health()
         self.http_port: int | None = None
-        self._next_offsets: dict[TopicPartition, int] = {}
         self._policy = policy
         self._backend: ModerationBackend = backend or make_backend(settings)
         self._tracker = OffsetTracker()
@@ -392,8 +391,7 @@ class Runner:
                 for tp, records in batches.items():
                     for record in records:
                         self._start(pipeline, tp, record)
-                    self._next_offsets[tp] = records[-1].offset + 1
-            self._update_lag(consumer)
+            self._update_lag(consumer, safe)
             self._observe_oldest(consumer)
             await self._commit()
 
@@ -436,11 +434,11 @@ class Runner:
         tp, age = max(self._stuck.items(), key=lambda item: item[1])
         return f"work stuck on partition {tp.partition} for {age:.0f}s ({len(self._stuck)} stuck)"
 
-    def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
+    def _update_lag(self, consumer: AIOKafkaConsumer, safe: PoisonSafeConsumer) -> None:
         # The high watermark from fetch responses (Tansu's end_offsets() is unreliable).
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
-            position = self._next_offsets.get(tp)
+            position = safe.next_offset(tp)
             if highwater is not None and position is not None:
                 self.metrics.consumer_lag.labels(partition=str(tp.partition)).set(
                     max(0, highwater - position)
@@ -519,7 +517,6 @@ class Runner:
         if self._safe is not None:
             self._safe.forget(revoked)
         for tp in revoked:
-            self._next_offsets.pop(tp, None)
             with contextlib.suppress(KeyError):  # no sample yet for that partition
                 self.metrics.consumer_lag.remove(str(tp.partition))
             with contextlib.suppress(KeyError):

@@ -115,6 +115,10 @@ class PoisonSafeConsumer:
         for tp in partitions:
             self._next.pop(tp, None)
 
+    def next_offset(self, tp: TopicPartition) -> int | None:
+        """The offset after the last record handed out for ``tp`` (None before the first)."""
+        return self._next.get(tp)
+
     def listener(self) -> ConsumerRebalanceListener:
         """For consumers that need no rebalance listener of their own: forgets on revoke."""
         return _Forget(self)

@@ -303,11 +303,7 @@ class CompletionSink:
             "kind": "completion",
             "event": orjson.loads(record.value),
             # Where the event came from, so a later DLQ entry still points at it.
-            "source": {
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-            },
+            "source": Source(record.topic, record.partition, record.offset).as_json(),
         }
         await self._forward(record, completion.loop_name, command)
 
