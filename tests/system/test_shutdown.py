@@ -62,9 +62,14 @@ async def test_sigterm_while_joining_the_group(kafka_bootstrap: str, tmp_path: P
     # A 60 s session: the embedded broker holds the group's first join for about 30 s.
     log = tmp_path / "joining.log"
     proc = await start(kafka_bootstrap, log, KAFKA_SESSION_TIMEOUT_MS="60000")
-    await asyncio.sleep(4)
-    assert proc.returncode is None, log.read_text()[-3000:]
-    code, took = await stop_timed(proc, log)
+    try:
+        await asyncio.sleep(4)
+        assert proc.returncode is None, log.read_text()[-3000:]
+        code, took = await stop_timed(proc, log)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     assert code == 0, log.read_text()[-3000:]
     assert took <= GRACE_S + SLACK_S, (took, log.read_text()[-3000:])
 
@@ -73,15 +78,20 @@ async def test_sigterm_after_the_broker_is_gone(tmp_path: Path) -> None:
     broker = EmbeddedBroker()  # its own broker: this test kills it
     await broker.start()
     log = tmp_path / "gone.log"
+    proc = await start(broker.bootstrap_servers, log)
     try:
-        proc = await start(broker.bootstrap_servers, log)
-        for _ in range(100):  # joined and polling
-            if "consuming" in log.read_text():
-                break
-            await asyncio.sleep(0.2)
+        try:
+            for _ in range(100):  # joined and polling
+                if "consuming" in log.read_text():
+                    break
+                await asyncio.sleep(0.2)
+        finally:
+            await broker.stop()
+        await asyncio.sleep(2)  # the clients notice and start retrying
+        code, took = await stop_timed(proc, log)
     finally:
-        await broker.stop()
-    await asyncio.sleep(2)  # the clients notice and start retrying
-    code, took = await stop_timed(proc, log)
+        if proc.returncode is None:  # never leave the process behind, whatever failed first
+            proc.kill()
+            await proc.wait()
     assert code == 0, log.read_text()[-3000:]
     assert took <= GRACE_S + SLACK_S, (took, log.read_text()[-3000:])
