@@ -149,6 +149,12 @@ class Metrics:
             "How long the consumer group has been rebalancing without settling (0 when settled).",
             registry=r,
         )
+        self.group_recoveries = Counter(
+            "moderation_group_recoveries",
+            "Attempts to free a group wedged on a departed leader, by what each found.",
+            ["outcome"],
+            registry=r,
+        )
         self.group_stalled = Gauge(
             "moderation_group_stalled",
             "1 while the group has not settled for longer than KAFKA_REBALANCE_STALL_S.",
@@ -229,6 +235,8 @@ class Metrics:
             self.review_orphans.labels(why=why)
         for kind in ("input", "internal"):
             self.dlq_guard_tripped.labels(kind=kind).set(0)
+        for outcome in ("released", "leader_alive", "refused", "failed"):
+            self.group_recoveries.labels(outcome=outcome)
 
     def count_labels(self, names: list[str]) -> None:
         """Count each top-level category once per verdict (a verdict often has parent + child)."""

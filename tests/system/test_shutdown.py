@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from service.embedded import EmbeddedBroker
+from tests.group_wedge import broker_is_tansu, wedge
 from tests.kafka_helpers import Topics, create_topics
 from tests.processes import local_settings, process_env
 
@@ -27,9 +28,12 @@ GRACE_S = 5.0
 SLACK_S = 2.0  # process exit and interpreter teardown
 
 
-async def start(bootstrap: str, log: Path, **extra: str) -> asyncio.subprocess.Process:
-    topics = Topics.unique(uuid.uuid4().hex[:10])
-    await create_topics(bootstrap, [topics.input, *topics.outputs.values()], 2)
+async def start(
+    bootstrap: str, log: Path, topics: Topics | None = None, **extra: str
+) -> asyncio.subprocess.Process:
+    if topics is None:
+        topics = Topics.unique(uuid.uuid4().hex[:10])
+        await create_topics(bootstrap, [topics.input, *topics.outputs.values()], 2)
     env = process_env(
         local_settings(bootstrap, topics)
         | {
@@ -65,6 +69,34 @@ async def test_sigterm_while_joining_the_group(kafka_bootstrap: str, tmp_path: P
     try:
         await asyncio.sleep(4)
         assert proc.returncode is None, log.read_text()[-3000:]
+        code, took = await stop_timed(proc, log)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 0, log.read_text()[-3000:]
+    assert took <= GRACE_S + SLACK_S, (took, log.read_text()[-3000:])
+
+
+@pytest.mark.skipif(not broker_is_tansu(), reason="the wedge is Tansu's")
+async def test_sigterm_while_looping_on_a_failed_sync(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """A group wedged on a departed leader (recovery off): the process joins, its SyncGroup
+    fails after the rebalance timeout, it joins again, forever; SIGTERM still ends it."""
+    topics = Topics.unique(uuid.uuid4().hex[:10])
+    await create_topics(kafka_bootstrap, [topics.input, *topics.outputs.values()], 2)
+    await wedge(kafka_bootstrap, topics.group, topics.input)
+    log = tmp_path / "looping.log"
+    proc = await start(
+        kafka_bootstrap,
+        log,
+        topics,
+        KAFKA_SESSION_TIMEOUT_MS="4000",
+        KAFKA_REBALANCE_RECOVERY="false",
+    )
+    try:
+        await asyncio.sleep(10)  # at least one failed sync and a rejoin
+        assert proc.returncode is None, log.read_text()[-3000:]
+        assert "consuming" not in log.read_text()  # never settled
         code, took = await stop_timed(proc, log)
     finally:
         if proc.returncode is None:
