@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TypeVar
@@ -33,6 +35,7 @@ from service.errors import ConfigError, Reason
 from service.fetch import FetchPolicy, ImageFetcher
 from service.http_server import Health, HttpServer
 from service.kafka.client import kafka_client_options
+from service.kafka.group_recovery import release_departed_leader
 from service.kafka.poison import PoisonSafeConsumer, Polled, UndecodableRecord
 from service.messages import Source
 from service.metrics import Metrics
@@ -43,6 +46,12 @@ from service.publisher import Publisher
 from service.ratelimit import AdaptiveRateLimiter
 from service.retry import CircuitBreaker
 from service.settings import KafkaSettings, Settings
+from service.transactions import (
+    CURRENT,
+    BufferedSink,
+    PendingOutputs,
+    TransactionalCommitter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +63,9 @@ CLOSE_RESERVE_S = 3.0  # of the grace period, kept for the final commit and the 
 COMMIT_TIMEOUT_S = 10.0  # a commit the coordinator does not answer is given up (redelivery)
 MIN_CLOSE_S = 0.1
 GROUP_WATCH_S = 1.0
+RECOVERY_JITTER_S = 5.0  # spread of replicas' recovery attempts
+RECOVERY_TIMEOUT_S = 10.0  # one recovery attempt, at least
+PROBE_TIMEOUT_S = 30.0  # exactly_once: the broker must hand out a transactional producer by then
 
 T = TypeVar("T")
 
@@ -141,7 +153,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         await self._runner.release(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        self._runner.assigned(set(assigned))
+        await self._runner.on_assigned(set(assigned))
 
 
 class Runner:
@@ -172,6 +184,9 @@ class Runner:
         self._budget: ConcurrencyBudget
         self._slot_freed = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
+        self._bootstrap: str | None = None  # known once the clients are being opened
+        # exactly_once: outputs held per record, committed with the offsets per partition.
+        self._committer: TransactionalCommitter | None = None
         self._last_commit = 0.0
         self._deadline: float | None = None  # set when a stop is asked: monotonic time
         # Since when the group has had no settled assignment (None: it has one); from start-up.
@@ -215,14 +230,39 @@ class Runner:
         return f"consumer group not settled for {unsettled:.0f}s (a rebalance that does not end)"
 
     async def _watch_group(self) -> None:
-        """Says once per episode, in the log, that the group has not settled in time."""
+        """Says once per episode, in the log, that the group has not settled in time, and
+        tries to free it from a departed leader at most once per stall period."""
         reported = False
+        last_attempt = -math.inf
+        stall_s = self._settings.kafka.rebalance_stall_s
         while True:
             await asyncio.sleep(GROUP_WATCH_S)
             problem = self._group_problem()
             if problem is not None and not reported:
                 log.warning("%s; see docs/operations.md, ModerationGroupUnsettled", problem)
             reported = problem is not None
+            now = time.monotonic()
+            if problem is not None and now - last_attempt >= stall_s and self._can_recover():
+                last_attempt = now
+                # Replicas stuck together should not all act at the same instant.
+                await asyncio.sleep(random.uniform(0, min(RECOVERY_JITTER_S, stall_s / 4)))  # noqa: S311
+                if self._group_problem() is not None:
+                    await self._recover_group()
+
+    def _can_recover(self) -> bool:
+        return self._settings.kafka.rebalance_recovery and self._bootstrap is not None
+
+    async def _recover_group(self) -> None:
+        kafka = self._settings.kafka
+        assert self._bootstrap is not None
+        outcome = await release_departed_leader(
+            kafka_client_options(kafka, self._bootstrap),
+            kafka.group_id,
+            [kafka.input_topic],
+            timeout_s=max(RECOVERY_TIMEOUT_S, kafka.session_timeout_ms / 1000),
+            session_timeout_ms=kafka.session_timeout_ms,
+        )
+        self.metrics.group_recoveries.labels(outcome=outcome.value).inc()
 
     async def _note_stop(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -273,6 +313,7 @@ class Runner:
             stack.push_async_callback(self._closing("embedded broker", broker.stop))
             bootstrap = broker.bootstrap_servers
             await ensure_topics(kafka, bootstrap, 4, (settings.review.completions_topic,))
+        self._bootstrap = bootstrap
 
         http = HttpServer(self.metrics, self.health, settings.http_host, settings.http_port)
         await http.start()
@@ -293,16 +334,7 @@ class Runner:
         await fetcher.start()
         stack.push_async_callback(self._closing("image fetcher", fetcher.close))
 
-        producer = AIOKafkaProducer(
-            **kafka_client_options(kafka, bootstrap),
-            acks="all",
-            enable_idempotence=kafka.enable_idempotence,
-            linger_ms=5,
-            max_request_size=2 * kafka.max_input_bytes + 64 * 1024,
-        )
-        # Flushes what is still buffered; pushed first, so a start cut short is closed too.
-        stack.push_async_callback(self._closing("producer", producer.stop))
-        await producer.start()
+        sink = await self._open_sink(stack, kafka, bootstrap)
 
         limiter = AdaptiveRateLimiter(settings.backend.tps, settings.backend.tps_burst)
         breaker = CircuitBreaker()
@@ -320,7 +352,7 @@ class Runner:
             limiter=limiter,
             breaker=breaker,
             policy=self._policy,
-            sink=Publisher(producer, self.metrics),
+            sink=sink,
             metrics=self.metrics,
             budget=budget,
             conditions=self._conditions,
@@ -338,8 +370,12 @@ class Runner:
             heartbeat_interval_ms=max(1000, kafka.session_timeout_ms // 3),
             max_poll_records=settings.backend.max_in_flight,
             fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+            # exactly_once reads no aborted input either (transactional upstream producers).
+            isolation_level="read_committed" if self._committer else "read_uncommitted",
         )
         self._consumer = consumer
+        if self._committer is not None:
+            self._committer.bind(consumer)
         consumer.subscribe([kafka.input_topic], listener=_Rebalance(self))
         # Leaves the group (we commit ourselves); start() waits for the first join, which a
         # stop may cut short: the consumer is closed all the same.
@@ -353,6 +389,40 @@ class Runner:
         self.ready.set()
         return consumer, safe, pipeline
 
+    async def _open_sink(
+        self, stack: contextlib.AsyncExitStack[bool | None], kafka: KafkaSettings, bootstrap: str
+    ) -> Publisher | BufferedSink:
+        """at_least_once: one producer, every output acknowledged before its offset commits.
+        exactly_once: outputs held per record, a transactional producer per input partition."""
+        max_request_size = 2 * kafka.max_input_bytes + 64 * 1024
+        if kafka.processing_guarantee == "exactly_once":
+            committer = TransactionalCommitter(
+                kafka,
+                bootstrap,
+                self.metrics,
+                max_request_size=max_request_size,
+                dlq_max_record_bytes=self._settings.safety.dlq_max_record_bytes,
+            )
+            await committer.probe(PROBE_TIMEOUT_S)  # a ConfigError on a broker without them
+            self._committer = committer
+            stack.push_async_callback(self._closing("transactions", self._close_transactions))
+            return BufferedSink()
+        producer = AIOKafkaProducer(
+            **kafka_client_options(kafka, bootstrap),
+            acks="all",
+            enable_idempotence=kafka.enable_idempotence,
+            linger_ms=5,
+            max_request_size=max_request_size,
+        )
+        # Flushes what is still buffered; pushed first, so a start cut short is closed too.
+        stack.push_async_callback(self._closing("producer", producer.stop))
+        await producer.start()
+        return Publisher(producer, self.metrics)
+
+    async def _close_transactions(self) -> None:
+        if self._committer is not None:
+            await self._committer.close(self._remaining())
+
     async def _intake(
         self,
         consumer: AIOKafkaConsumer,
@@ -364,7 +434,8 @@ class Runner:
         while not stop.is_set():
             self.health.polled()
             capacity = self._budget.limit - len(self._tasks)
-            if self._in_flight_bytes >= max_bytes or not self._guard_admits():
+            held = self._committer.held_bytes() if self._committer is not None else 0
+            if self._in_flight_bytes + held >= max_bytes or not self._guard_admits():
                 capacity = 0
             self.metrics.intake_paused.set(1 if capacity <= 0 else 0)
             if capacity <= 0:
@@ -377,6 +448,8 @@ class Runner:
                     break
             else:
                 paused = consumer.paused()
+                if self._committer is not None:  # fenced, or no producer yet: stays paused
+                    paused -= self._committer.blocked()
                 if paused:
                     consumer.resume(*paused)
                 recoveries = safe.recoveries
@@ -444,6 +517,16 @@ class Runner:
                     max(0, highwater - position)
                 )
 
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """exactly_once: open the partitions' producers (fencing old owners) before fetching."""
+        if self._committer is not None:
+            await self._committer.assign(assigned, self._remaining(PROBE_TIMEOUT_S))
+            consumer = self._consumer
+            blocked = self._committer.blocked() & assigned
+            if consumer is not None and blocked:
+                consumer.pause(*blocked)
+        self.assigned(assigned)
+
     def assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
         self._unsettled_since = None
@@ -458,11 +541,14 @@ class Runner:
             value=record.value,
             headers=list(record.headers or ()),
         )
+        held = None
+        if self._committer is not None:
+            held = self._committer.hold(tp, record.offset, item)
         if isinstance(record, UndecodableRecord):
             work = self._dead_letter_undecodable(pipeline, item, record.error)
         else:
             work = pipeline.handle(item)
-        task = asyncio.create_task(self._process(pipeline, item, ticket, work))
+        task = asyncio.create_task(self._process(pipeline, item, ticket, work, held))
         self._tasks[task] = tp
         self._task_started[task] = time.monotonic()
         size = len(record.value or b"") + len(record.key or b"")
@@ -487,7 +573,9 @@ class Runner:
         item: InputRecord,
         ticket: Ticket,
         work: Coroutine[object, object, str],
+        held: PendingOutputs | None = None,
     ) -> None:
+        CURRENT.set(held)  # this task's context only: where exactly_once holds its outputs
         try:
             result = await work
         except Exception as exc:  # a bug must not stall the partition: dead-letter the message
@@ -513,6 +601,8 @@ class Runner:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await self._commit(force=True)
+        if self._committer is not None:
+            await self._committer.revoke(revoked, self._remaining(REVOKE_DRAIN_S))
         self._tracker.revoke(revoked)
         if self._safe is not None:
             self._safe.forget(revoked)
@@ -547,6 +637,12 @@ class Runner:
         points = self._tracker.commit_points()
         if not points:
             return
+        if self._committer is not None:
+            result = await self._committer.commit(points, self._remaining(COMMIT_TIMEOUT_S))
+            self._tracker.mark_committed(result.committed)
+            if result.fenced:
+                self._fenced(result.fenced)
+            return
         try:
             await asyncio.wait_for(self._consumer.commit(points), self._remaining(COMMIT_TIMEOUT_S))
         except (CommitFailedError, KafkaError, TimeoutError) as exc:
@@ -554,3 +650,18 @@ class Runner:
             self.metrics.commit_failures.inc()
             return
         self._tracker.mark_committed(points)
+
+    def _fenced(self, tps: set[TopicPartition]) -> None:
+        """exactly_once: another producer owns these partitions now; stop working on them (the
+        new owner redoes what was not committed) until the group hands them back."""
+        for task, tp in list(self._tasks.items()):
+            if tp in tps:
+                task.cancel()
+        self._tracker.revoke(tps)
+        if self._safe is not None:
+            self._safe.forget(tps)
+        consumer = self._consumer
+        if consumer is not None:
+            ours = tps & consumer.assignment()
+            if ours:
+                consumer.pause(*ours)

@@ -23,6 +23,7 @@ _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]+")  # what Kafka itself accepts
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class KafkaSettings:
     fetch_max_wait_ms: int
     group_instance_id: str | None = None  # static membership (KIP-345): a stable member name
     rebalance_stall_s: float = 120.0  # a group unsettled for longer is reported (metric, /readyz)
+    # ...and, past that, freed from a departed leader the broker still names (Tansu's bug).
+    rebalance_recovery: bool = True
+    # exactly_once: outputs and input offsets commit in one Kafka transaction per partition.
+    processing_guarantee: ProcessingGuarantee = "at_least_once"
 
 
 @dataclass(frozen=True)
@@ -342,7 +347,20 @@ class EnvReader:
             ),
             group_instance_id=self.instance_id("KAFKA_GROUP_INSTANCE_ID"),
             rebalance_stall_s=self.number("KAFKA_REBALANCE_STALL_S", 120.0, low=1, high=3600),
+            rebalance_recovery=self.boolean("KAFKA_REBALANCE_RECOVERY", True),
+            processing_guarantee=self.guarantee("MODERATION_PROCESSING_GUARANTEE", bootstrap),
         )
+
+    def guarantee(self, name: str, bootstrap: str | None) -> ProcessingGuarantee:
+        value = self.choice(name, "at_least_once", ("at_least_once", "exactly_once"))
+        if value == "exactly_once" and bootstrap is None:
+            raise ConfigError(
+                name,
+                "exactly_once needs Kafka transactions, which the embedded broker (Tansu) does "
+                "not have: set KAFKA_BOOTSTRAP_SERVERS to a broker that does, or use "
+                "at_least_once",
+            )
+        return value  # type: ignore[return-value]  # checked by choice()
 
     def instance_id(self, name: str) -> str | None:
         value = self.raw(name)

@@ -15,6 +15,7 @@ import pytest
 from service.embedded import EmbeddedBroker, free_port
 from tests.fakes.rekognition import FakeRekognition
 from tests.kafka_helpers import Topics
+from tests.noida import noida_binary, noida_broker
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +36,16 @@ async def kafka_bootstrap() -> AsyncIterator[str]:
         yield broker.bootstrap_servers
     finally:
         await broker.stop()
+
+
+@pytest.fixture(scope="session")
+async def noida_bootstrap() -> AsyncIterator[str]:
+    """noida-db (transactions, fencing, read_committed): where exactly-once is tested without
+    Docker. Tests using it carry the ``noida`` marker."""
+    if noida_binary() is None:
+        pytest.skip("noida-db is not installed (pip install '.[dev]')")
+    async with noida_broker() as bootstrap:
+        yield bootstrap
 
 
 @pytest.fixture
