@@ -6,6 +6,7 @@ or two real ``python -m service run`` processes) and the peers (subprocesses fro
 
     .venv/bin/python -m bench.quota                 # every scenario, ~15 minutes
     .venv/bin/python -m bench.quota --only q50 --duration 20
+    .venv/bin/python -m bench.quota --only moving   # the quota moves 60/30/60/90, TPS=90 a ceiling
 
 Measured per scenario, over a window after warm-up: verdicts/s (by the verdict records' broker
 timestamps), ratio to Q, throttled calls as % of calls (from the fake's counters), p50/p99 added
@@ -389,6 +390,80 @@ async def run_service_scenario(
     return Result(name, "this service", effective_quota, rate, pct, p50, p99, rss, note)
 
 
+MOVING_SCHEDULE = ((60.0, 20.0), (30.0, 20.0), (60.0, 20.0), (90.0, 20.0))
+
+
+async def run_moving(stack: Stack, *, ceiling: float, logdir: Path) -> Result:
+    """A quota the service isn't told: 60 -> 30 -> 60 -> 90 TPS every 20 s, TPS only a ceiling.
+
+    The window opens at the service's first backend call (so the start is measured, not warmed
+    away). Served is the fake's accepted calls (calls - throttled); the yardstick is the quota
+    integrated over the time each value was actually in force.
+    """
+    name = "moving"
+    latency, jitter = 0.15, 0.03
+    first_quota = MOVING_SCHEDULE[0][0]
+    await fake_control(stack, "/_fake/reset", {})
+    await fake_control(stack, "/_fake/quota", {"tps": first_quota, "burst": first_quota / 10})
+    await fake_control(stack, "/_fake/latency", {"latency_s": latency, "jitter_s": jitter})
+    topics = stack.topics(name)
+    await create_topics(stack.bootstrap, list(topics.values()))
+    total_s = sum(seconds for _, seconds in MOVING_SCHEDULE)
+    await produce_backlog(stack, topics["input"], int(ceiling * (total_s + 20) * 1.2))
+    env = service_env(stack, topics, ceiling, f"g{stack.tag}{name}")
+    argv = [sys.executable, "-m", "service", "run"]
+    async with process(argv, env, logdir / f"{name}.log") as proc:
+        deadline = time.monotonic() + 60
+        while (await fake_control(stack, "/_fake/stats"))["calls"] == 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the service made no backend call within 60 s")
+            await asyncio.sleep(0.02)
+        start = time.monotonic()
+        offered = 0.0
+        served_per_s: list[int] = []
+        throttled_per_s: list[int] = []
+        last = {"calls": 0, "throttled": 0}
+        quota_since, quota = start, first_quota
+        for index, (tps, _seconds) in enumerate(MOVING_SCHEDULE):
+            if index > 0:
+                await fake_control(stack, "/_fake/quota", {"tps": tps, "burst": tps / 10})
+                now = time.monotonic()
+                offered += quota * (now - quota_since)
+                quota_since, quota = now, tps
+            phase_end = start + sum(s for _, s in MOVING_SCHEDULE[: index + 1])
+            while (remaining := phase_end - time.monotonic()) > 0.01:
+                await asyncio.sleep(min(1.0, remaining))
+                stats = await fake_control(stack, "/_fake/stats")
+                served_per_s.append(
+                    (stats["calls"] - stats["throttled"]) - (last["calls"] - last["throttled"])
+                )
+                throttled_per_s.append(stats["throttled"] - last["throttled"])
+                last = stats
+        end = time.monotonic()
+        offered += quota * (end - quota_since)
+        rss = peak_rss_mib(proc.pid)
+    calls, throttled = last["calls"], last["throttled"]
+    served = calls - throttled
+    pct = 100.0 * throttled / calls if calls else None
+    elapsed = end - start
+    print(f"moving: served per second {served_per_s}", file=sys.stderr)
+    print(f"moving: throttled per second {throttled_per_s}", file=sys.stderr)
+    print(
+        f"moving: served {served} of offered {offered:.0f} = {served / offered:.3f}, "
+        f"throttled {throttled} of {calls} calls",
+        file=sys.stderr,
+    )
+    first5 = served_per_s[:5]
+    note = (
+        f"L={latency * 1000:.0f} ms, Q=60/30/60/90 every 20 s, MODERATION_TPS={ceiling:g}; "
+        f"ratio: served calls / time-integrated Q; start: {sum(first5) / len(first5):.0f}/s over "
+        f"the first 5 s, lowest second {min(first5)}"
+    )
+    return Result(
+        name, "this service", offered / elapsed, served / elapsed, pct, None, None, rss, note
+    )
+
+
 async def run_peer(
     stack: Stack,
     name: str,
@@ -627,6 +702,8 @@ async def main_async(args: argparse.Namespace) -> None:
                         logdir=logdir,
                     )
                 )
+            if wanted("moving"):
+                results.append(await run_moving(stack, ceiling=90, logdir=logdir))
             if wanted("overhead"):
                 results.extend(await run_overhead(stack, min(d, 30), logdir))
         finally:
@@ -644,7 +721,9 @@ def main() -> None:
         "--duration", type=float, default=60.0, help="measurement window per scenario (s)"
     )
     parser.add_argument(
-        "--only", default="", help="comma list: q50,peers,q200,latency,storm,replicas,overhead"
+        "--only",
+        default="",
+        help="comma list: q50,peers,q200,latency,storm,replicas,moving,overhead",
     )
     parser.add_argument("--logdir", default="/tmp/moderation-bench", help="process logs")
     asyncio.run(main_async(parser.parse_args()))

@@ -383,7 +383,7 @@ def test_configmap_sets_every_variable_the_service_reads(chart: Any) -> None:
     source = (REPO / "service" / "settings.py").read_text()
     read = set(
         re.findall(
-            r"self\.(?:raw|text|number|integer|boolean|choice|topic|networks|parsed|instance_id)\(\s*"
+            r"self\.(?:raw|text|number|integer|boolean|choice|topic|networks|parsed|instance_id|guarantee)\(\s*"
             r"\"([A-Z][A-Z0-9_]+)\"",
             source,
         )
