@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL_S = 1.0
 POLL_TIMEOUT_MS = 100
-REVOKE_DRAIN_S = 10.0
+REVOKE_DRAIN_S = 10.0  # at most; and at most half the rebalance (= session) timeout
 CLOSE_TIMEOUT_S = 10.0  # one client's close, when no stop deadline is set (start-up failures)
 CLOSE_RESERVE_S = 3.0  # of the grace period, kept for the final commit and the closes
 COMMIT_TIMEOUT_S = 10.0  # a commit the coordinator does not answer is given up (redelivery)
@@ -596,7 +596,11 @@ class Runner:
             self._unsettled_since = time.monotonic()
         tasks = [task for task, tp in self._tasks.items() if tp in revoked]
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=REVOKE_DRAIN_S)
+            # The group waits for this member to rejoin only so long (aiokafka's rebalance
+            # timeout is the session timeout): past it, the member is dropped and the group
+            # rebalances again. Unfinished work is redelivered to the next owner.
+            drain_s = min(REVOKE_DRAIN_S, self._settings.kafka.session_timeout_ms / 2000)
+            _, pending = await asyncio.wait(tasks, timeout=drain_s)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
