@@ -10,6 +10,7 @@ import ipaddress
 import math
 import os
 import re
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,11 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
+
+
+def default_sink_data_dir() -> Path:
+    """Under the system's temporary directory, so a read-only image root is never written."""
+    return Path(tempfile.gettempdir()) / "moderation-sink"
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,8 @@ class Settings:
     http_host: str
     http_port: int  # 0 picks a free port (tests)
     safety: SafetySettings = field(default_factory=SafetySettings)
+    #: faust's data directory (it creates one even with the memory store): never the cwd.
+    sink_data_dir: Path = field(default_factory=default_sink_data_dir)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -268,7 +276,18 @@ class EnvReader:
                 "SINK_PRODUCER_MAX_BATCH_SIZE", 16_384, low=16, high=16 * MIB
             ),
             safety=self.safety(),
+            sink_data_dir=self.sink_data_dir(),
         )
+
+    def sink_data_dir(self) -> Path:
+        name = "MODERATION_SINK_DATA_DIR"
+        value = self.raw(name)
+        path = Path(value) if value else default_sink_data_dir()
+        if not path.is_absolute():
+            raise ConfigError(name, f"must be an absolute path, got {value!r}")
+        if path.exists() and not path.is_dir():
+            raise ConfigError(name, f"exists and is not a directory: {path}")
+        return path
 
     def safety(self) -> SafetySettings:
         window = self.integer("MODERATION_DLQ_GUARD_WINDOW", 500, low=10, high=1_000_000)

@@ -139,8 +139,10 @@ class TransactionalCommitter:
         *,
         max_request_size: int,
         dlq_max_record_bytes: int,
+        consumer_name: str = "pipeline",
     ) -> None:
         self._kafka = kafka
+        self._consumer_name = consumer_name  # who dead-letters a refused output
         self._bootstrap = bootstrap
         self._metrics = metrics
         self._max_request_size = max_request_size
@@ -170,19 +172,7 @@ class TransactionalCommitter:
 
     async def probe(self, timeout_s: float) -> None:
         """Refuse to start on a broker without transactions, instead of failing per partition."""
-        producer = self._producer(f"{self._kafka.group_id}-probe-{uuid.uuid4().hex[:12]}")
-        try:
-            await asyncio.wait_for(producer.start(), timeout_s)
-        except (KafkaError, TimeoutError) as exc:
-            what = "did not answer" if isinstance(exc, TimeoutError) else f"refused it ({exc!r})"
-            raise ConfigError(
-                "MODERATION_PROCESSING_GUARANTEE",
-                f"exactly_once needs a broker with Kafka transactions; the broker at "
-                f"{self._bootstrap} was asked for a transactional producer and {what}. Use a "
-                f"broker with transactions (Apache Kafka, noida-db) or at_least_once",
-            ) from exc
-        finally:
-            await _bounded(producer.stop(), timeout_s, "probe producer")
+        await probe_transactions(self._kafka, self._bootstrap, timeout_s)
 
     # -- the partitions' lifecycle --------------------------------------------------------------
 
@@ -373,7 +363,7 @@ class TransactionalCommitter:
             reason=reason or Reason.OUTPUT_TOO_LARGE.value,
             message=f"{refused.topic} refused the record: {cause!r}",
             request_id=refused.header("moderation-id"),
-            consumer="pipeline",
+            consumer=self._consumer_name,
         )
         if pending.downgrades > MAX_DOWNGRADES:
             log.error("even a small dead letter was refused (%r); the partition waits", cause)
@@ -385,6 +375,29 @@ class TransactionalCommitter:
         log.error("offset %d: %s; dead-lettering it instead", record.source.offset, letter.message)
         self._metrics.dead_letters.labels(reason=letter.reason).inc()
         pending.outputs = [Output(self._kafka.dlq_topic, out.key, out.value, out.headers)]
+
+
+async def probe_transactions(kafka: KafkaSettings, bootstrap: str, timeout_s: float) -> None:
+    """A ConfigError unless the broker hands out a transactional producer (the embedded Tansu
+    refuses one): exactly_once refuses to start rather than failing per partition."""
+    producer = AIOKafkaProducer(
+        **kafka_client_options(kafka, bootstrap),
+        transactional_id=f"{kafka.group_id}-probe-{uuid.uuid4().hex[:12]}",
+        transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+        acks="all",
+    )
+    try:
+        await asyncio.wait_for(producer.start(), timeout_s)
+    except (KafkaError, TimeoutError) as exc:
+        what = "did not answer" if isinstance(exc, TimeoutError) else f"refused it ({exc!r})"
+        raise ConfigError(
+            "MODERATION_PROCESSING_GUARANTEE",
+            f"exactly_once needs a broker with Kafka transactions; the broker at "
+            f"{bootstrap} was asked for a transactional producer and {what}. Use a "
+            f"broker with transactions (Apache Kafka, noida-db) or at_least_once",
+        ) from exc
+    finally:
+        await _bounded(producer.stop(), timeout_s, "probe producer")
 
 
 async def _bounded(work: Awaitable[None], timeout_s: float, name: str) -> None:

@@ -65,22 +65,36 @@ def reader_for(
     group_id: str,
     topics: list[str],
     max_record_bytes: int,
+    read_committed: bool = False,
+    group_instance_id: str | None = None,
 ) -> tuple[AIOKafkaConsumer, PoisonSafeConsumer]:
     """A consumer of ``topics`` in ``group_id`` (commits by hand, earliest first) and its
-    poison-safe reader, for the consumers that need no rebalance listener of their own."""
+    poison-safe reader, for the consumers that need no rebalance listener of their own.
+
+    ``read_committed`` (exactly_once): the consumer hands out no record of an aborted or open
+    transaction; the raw re-read of an undecodable batch stops at the last stable offset too
+    (but does not drop aborted records: it has no abort index). ``group_instance_id``: static
+    membership (KIP-345)."""
     options = kafka_client_options(kafka, bootstrap)
     fetch_bytes = max(max_record_bytes, 1024 * 1024) + 64 * 1024
     consumer = AIOKafkaConsumer(
         group_id=group_id,
+        group_instance_id=group_instance_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         session_timeout_ms=kafka.session_timeout_ms,
         heartbeat_interval_ms=max(300, kafka.session_timeout_ms // 3),
         fetch_max_wait_ms=kafka.fetch_max_wait_ms,
         max_partition_fetch_bytes=fetch_bytes,
+        isolation_level="read_committed" if read_committed else "read_uncommitted",
         **options,
     )
-    safe = PoisonSafeConsumer(consumer, options, max_partition_fetch_bytes=fetch_bytes)
+    safe = PoisonSafeConsumer(
+        consumer,
+        options,
+        max_partition_fetch_bytes=fetch_bytes,
+        isolation_level=1 if read_committed else 0,
+    )
     consumer.subscribe(topics, listener=safe.listener())
     return consumer, safe
 

@@ -32,9 +32,21 @@ the loop they claim (``forged_event``), events held for loops that never get a r
 bounded in age and number (``orphan_completion``), and every send waits for the broker's answer:
 a record the broker refuses for good is dead-lettered instead of killing the agent.
 
-Exactly-once needs Kafka transactions, which the embedded broker lacks: the sink is at-least-once
-with de-duplication by loop. A graceful restart (SIGTERM) emits no duplicate; a SIGKILL between
-sending a verdict and recording the loop as decided can repeat that one verdict, with the same key.
+``at_least_once`` (the default) de-duplicates by loop: a graceful restart (SIGTERM) emits no
+duplicate; a SIGKILL between sending a verdict and recording the loop as decided can repeat that
+one verdict, with the same key.
+
+``exactly_once`` (MODERATION_PROCESSING_GUARANTEE; the broker must have transactions, checked at
+start) makes both stages transactional. The intake holds each record's sends and commits them
+with its input offsets (:mod:`service.review.intake`). The deciding stage runs faust's own
+``processing_guarantee="exactly_once"`` (read_committed consumer and table recovery, one
+transactional producer per per-loop partition, ``{app}-{group}-{partition}``, committing its
+changelog writes with the partition's offsets), with three corrections (:class:`_SinkTransactions`):
+a verdict or dead letter goes into the transaction of the event that produced it (faust would
+pick the producer of the *output's* partition, another transaction or none); a commit waits for
+the event in hand, whose changelog writes are delivered first, so a transaction never holds
+half an event; and a commit that fails stops the worker instead of being logged and passed over
+(a restart resumes from the last committed transaction).
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ import contextlib
 import logging
 import sys
 import time
+from contextvars import ContextVar
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -53,6 +66,8 @@ import mode
 import orjson
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
+from faust.streams import current_event
+from faust.transport.consumer import TransactionManager
 
 from service.errors import (
     BackendError,
@@ -74,6 +89,7 @@ from service.review.intake import SinkIntake
 from service.review.records import parse_review_record, review_record_limit
 from service.review.store import OutputStore
 from service.settings import Settings
+from service.transactions import CURRENT, Output, TransactionalCommitter, probe_transactions
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +99,11 @@ REQUEST_AGAIN_S = 60.0  # a sweep's command lost in a rebalance is sent again af
 SHUTDOWN_SEND_S = 5.0  # how long a send may still wait for the broker once shutdown began
 _FORWARD_HEADROOM = 64 * 1024  # the re-keyed command wraps the record in a few bytes of JSON
 MAX_EVENTS_PER_LOOP = 8  # events held or queued for one loop; more are dead-lettered
+PROBE_TIMEOUT_S = 30.0  # exactly_once: the broker must hand out a transactional producer by then
+CHANGELOG_WAIT_S = 30.0  # exactly_once: an event's table writes must reach the broker by then
+
+#: exactly_once: the changelog writes of the event in hand, awaited before it is acknowledged.
+_CHANGES: ContextVar[list[Any] | None] = ContextVar("moderation_sink_changes", default=None)
 
 
 def _parse_time(text: str | None) -> float | None:
@@ -111,6 +132,7 @@ class CompletionSink:
 
     def __init__(self, settings: Settings, bootstrap: str, *, partitions: int = 4) -> None:
         self.settings = settings
+        self._bootstrap = bootstrap
         self.metrics = Metrics()
         self.metrics.initialise(settings.backend.kind)
         kafka = settings.kafka
@@ -120,7 +142,14 @@ class CompletionSink:
         self.stopping = asyncio.Event()
         # What the pipeline may write to the review topic, the sink must be able to forward.
         self._max_review_bytes = review_record_limit(kafka.max_input_bytes)
-        self.app = faust.App(
+        self.exactly_once = kafka.processing_guarantee == "exactly_once"
+        #: exactly_once: held by the agent through one event, and by every commit.
+        self.event_lock = asyncio.Lock()
+        #: exactly_once: set when an event stopped half done; nothing is committed after it.
+        self.broken = False
+        eos: dict[str, Any] = {"Table": _RecordedTable} if self.exactly_once else {}
+        self.app = _SinkApp(
+            self,
             f"{kafka.group_id}-review-sink",
             broker=f"kafka://{bootstrap}",
             store="memory://",
@@ -130,11 +159,18 @@ class CompletionSink:
             topic_replication_factor=1,
             table_standby_replicas=0,
             broker_session_timeout=kafka.session_timeout_ms / 1000,
+            # Static membership (KAFKA_GROUP_INSTANCE_ID), as the pipeline's: a restarted sink
+            # takes its partitions back (noida-db never expires a killed member otherwise).
+            consumer_group_instance_id=kafka.group_instance_id,
             broker_heartbeat_interval=max(1.0, kafka.session_timeout_ms / 3000),
             producer_max_batch_size=settings.sink_producer_max_batch_size,
             producer_max_request_size=self._max_review_bytes + _FORWARD_HEADROOM,
             consumer_auto_offset_reset="earliest",
             web_enabled=False,
+            # faust creates its data directory even for the memory store: never in the cwd.
+            datadir=str(settings.sink_data_dir / "{conf.name}-data"),
+            processing_guarantee=kafka.processing_guarantee,
+            **eos,
         )
         app = self.app
         self.store = OutputStore(
@@ -165,16 +201,28 @@ class CompletionSink:
 
         # Untrusted topics come in through our own consumer (see service.review.intake); faust
         # reads only the per-loop topic, which the sink alone writes.
+        intake_group = f"{app.conf.id}-intake"
+        committer = None
+        if self.exactly_once:
+            committer = TransactionalCommitter(
+                replace(kafka, group_id=intake_group),
+                bootstrap,
+                self.metrics,
+                max_request_size=self._max_review_bytes + _FORWARD_HEADROOM,
+                dlq_max_record_bytes=settings.safety.dlq_max_record_bytes,
+                consumer_name="sink",
+            )
         self.intake = SinkIntake(
             kafka=kafka,
             bootstrap=bootstrap,
-            group_id=f"{app.conf.id}-intake",
+            group_id=intake_group,
             routes={
                 kafka.review_topic: self.route_review,
                 review.completions_topic: self.route_completion,
             },
             on_bug=self._intake_bug,
             max_record_bytes=self._max_review_bytes,
+            committer=committer,
         )
         # Started once the tables are recovered, stopped with the app (faust takes an instance
         # as well as a class there, though its annotation names only the class).
@@ -183,6 +231,11 @@ class CompletionSink:
         app.timer(SLA_SWEEP_S, name="sla-sweep")(self._sla_sweep)
         app.timer(UPKEEP_S, name="upkeep")(self._upkeep)
         app.add_dependency(_Clients(self))
+
+    async def probe(self) -> None:
+        """exactly_once: a ConfigError unless the broker has transactions (Tansu has none)."""
+        if self.exactly_once:
+            await probe_transactions(self.settings.kafka, self._bootstrap, PROBE_TIMEOUT_S)
 
     async def start_clients(self) -> None:
         await self.store.start()
@@ -207,7 +260,15 @@ class CompletionSink:
         A refusal for good (too large, invalid) is ``RecordRefused`` for the caller to
         dead-letter; a transient failure is retried with backoff until shutdown begins, which
         raises ``PublishError`` so the event is not acknowledged (it is redelivered).
+
+        In the intake under exactly_once the send is held instead, and goes out with the input
+        offsets in one transaction (refusals are handled there).
         """
+        held = CURRENT.get()
+        if held is not None:
+            name = str(channel.get_topic_name())
+            held.outputs.append(Output(name, key, value, list(headers or ())))
+            return
         attempt = 0
         while True:
             attempt += 1
@@ -322,28 +383,50 @@ class CompletionSink:
 
     async def _decide(self, stream: Any) -> None:
         async for event in stream.events():
-            loop = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
-            kind = None
-            try:
-                command = orjson.loads(event.value)
-                kind = command.get("kind")
-                if kind == "review":
-                    await self._on_review(loop, command["record"])
-                elif kind == "completion":
-                    await self._on_completion(loop, command)
-                elif kind == "sla":
-                    await self._on_sla(loop)
-                elif kind == "retry":
-                    await self._on_retry(loop)
-                elif kind == "orphan":
-                    await self._on_orphan(loop, command)
-            except PublishError:
-                raise  # shutting down with a send unacknowledged: leave the event unacked
-            except Exception as exc:  # a bug must not stop the sink: keep the event, go on
-                log.exception("failed on %s for loop %s", kind, loop)
-                await self._dead_letter_event(event, Reason.INTERNAL_ERROR, repr(exc))
-            self.metrics.reviews_pending.set(len(self.pending))
-            self.metrics.review_early.set(len(self.early))
+            if not self.exactly_once:
+                await self._decide_one(event)
+                continue
+            async with self.event_lock:  # no commit in the middle of an event
+                changes: list[Any] = []
+                token = _CHANGES.set(changes)
+                try:
+                    await self._decide_one(event)
+                    # Its table writes are in the producer before the event is acknowledged.
+                    await asyncio.wait_for(asyncio.gather(*changes), CHANGELOG_WAIT_S)
+                except PublishError:
+                    self.broken = True  # half an event: its transaction must never commit
+                    raise
+                except Exception as exc:  # its table writes failed: stop, a restart redoes it
+                    self.broken = True
+                    log.error("an event's table writes failed (%r); the worker stops", exc)
+                    await self.app.crash(exc)
+                    raise
+                finally:
+                    _CHANGES.reset(token)
+
+    async def _decide_one(self, event: Any) -> None:
+        loop = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
+        kind = None
+        try:
+            command = orjson.loads(event.value)
+            kind = command.get("kind")
+            if kind == "review":
+                await self._on_review(loop, command["record"])
+            elif kind == "completion":
+                await self._on_completion(loop, command)
+            elif kind == "sla":
+                await self._on_sla(loop)
+            elif kind == "retry":
+                await self._on_retry(loop)
+            elif kind == "orphan":
+                await self._on_orphan(loop, command)
+        except PublishError:
+            raise  # shutting down with a send unacknowledged: leave the event unacked
+        except Exception as exc:  # a bug must not stop the sink: keep the event, go on
+            log.exception("failed on %s for loop %s", kind, loop)
+            await self._dead_letter_event(event, Reason.INTERNAL_ERROR, repr(exc))
+        self.metrics.reviews_pending.set(len(self.pending))
+        self.metrics.review_early.set(len(self.early))
 
     async def _on_review(self, loop: str, record: dict[str, Any]) -> None:
         if self.decided.get(loop) is not None:
@@ -779,6 +862,85 @@ class CompletionSink:
         await self._send(self._channels[topic], key=key, value=value, headers=headers)
 
 
+class _SinkApp(faust.App):
+    """The faust app; under exactly_once its transport makes :class:`_SinkTransactions`."""
+
+    def __init__(self, sink: CompletionSink, app_id: str, **options: Any) -> None:
+        super().__init__(app_id, **options)
+        self.moderation_sink = sink
+
+    def _new_transport(self) -> Any:
+        transport = super()._new_transport()
+        if self.moderation_sink.exactly_once:
+            transport.TransactionManager = _SinkTransactions  # type: ignore[misc]
+        return transport
+
+
+class _RecordedTable(faust.Table[Any, Any]):
+    """exactly_once: a table whose writes the event in hand waits for (see ``_CHANGES``)."""
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        sent = super().send_changelog(*args, **kwargs)
+        changes = _CHANGES.get()
+        if changes is not None:
+            changes.append(sent)
+        return sent
+
+
+class _SinkTransactions(TransactionManager):
+    """faust's exactly_once producers, corrected for the sink (see the module docstring)."""
+
+    async def send(  # noqa: PLR0917  # faust's signature
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+        *,
+        transactional_id: str | None = None,
+    ) -> Any:
+        event = current_event()
+        if event is None:  # table writes from faust's buffer, timers: by destination partition
+            return await super().send(topic, key, value, partition, timestamp, headers)
+        source = event.message.tp  # the per-loop partition whose transaction this belongs to
+        group = self.app.assignor.group_for_topic(source.topic)
+        owner = f"{self.app.conf.id}-{group}-{source.partition}"
+        target = self.consumer.key_partition(topic, key, partition)
+        return await self.producer.send(
+            topic, key, value, target, timestamp, headers, transactional_id=owner
+        )
+
+    def _in_transaction(self, tp: Any) -> bool:
+        group = self.app.assignor.group_for_topic(tp.topic)
+        tid = f"{self.app.conf.id}-{group}-{tp.partition}"
+        producer = self.producer._transaction_producers.get(tid)  # type: ignore[attr-defined]
+        manager = producer._txn_manager if producer is not None else None  # no public question
+        return manager is not None and bool(manager.is_in_transaction())
+
+    async def commit(self, offsets: Any, start_new_transaction: bool = True) -> bool:
+        sink: CompletionSink = self.app.moderation_sink  # type: ignore[attr-defined]
+        async with sink.event_lock:  # never between an event's writes
+            if sink.broken:
+                log.error("an event stopped half done: nothing more is committed (restart)")
+                return False
+            # At shutdown faust commits again after ending the transactions (on leaving the
+            # group): partitions whose producer is no longer in a transaction have nothing left.
+            offsets = {tp: at for tp, at in offsets.items() if self._in_transaction(tp)}
+            if not offsets:
+                return False
+            try:
+                return bool(await super().commit(offsets, start_new_transaction))
+            except Exception as exc:  # noqa: BLE001  # whatever it was, the worker stops
+                # faust would log it and go on; its events are acknowledged but their outputs
+                # lost with the transaction. Stop: a restart resumes from the last commit.
+                sink.broken = True
+                log.error("transaction commit failed (%r); the worker stops", exc)
+                await self.app.crash(exc)
+                return False
+
+
 class _Clients(mode.Service):
     """Starts the output store and the HTTP endpoints with the worker, stops them with it."""
 
@@ -827,7 +989,18 @@ def run_sink(settings: Settings) -> None:
         raise ConfigError(
             "KAFKA_BOOTSTRAP_SERVERS", "required for the sink (it joins an existing broker)"
         )
+    try:  # faust creates only the last level of its data directory
+        settings.sink_data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("MODERATION_SINK_DATA_DIR", f"cannot create it: {exc}") from exc
     sink = CompletionSink(settings, settings.kafka.bootstrap_servers)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # the worker runs on it after the check
+    try:
+        loop.run_until_complete(sink.probe())  # exactly_once without transactions: exit now
+    except ConfigError:
+        loop.close()
+        raise
     worker = _SinkWorker(
         sink,
         loglevel=settings.log_level.lower(),
