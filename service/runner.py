@@ -639,13 +639,15 @@ class Runner:
             return
         self._last_commit = now
         points = self._tracker.commit_points()
-        if not points:
-            return
         if self._committer is not None:
+            # Even with nothing to commit: a partition fenced while the group kept it here has
+            # no work to commit, and is reclaimed (or its producer reopened) only on this call.
             result = await self._committer.commit(points, self._remaining(COMMIT_TIMEOUT_S))
             self._tracker.mark_committed(result.committed)
             if result.fenced:
                 self._fenced(result.fenced)
+            return
+        if not points:
             return
         try:
             await asyncio.wait_for(self._consumer.commit(points), self._remaining(COMMIT_TIMEOUT_S))

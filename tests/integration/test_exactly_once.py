@@ -287,6 +287,39 @@ async def test_a_new_owner_aborts_the_old_owners_open_transaction(
 
 
 @pytest.mark.noida
+async def test_a_partition_fenced_between_records_is_reclaimed_while_still_assigned(
+    noida_bootstrap: str, topics: Topics, fake_rekognition: FakeRekognition
+) -> None:
+    """A fence with nothing left to commit: the group still assigns the partitions here, so
+    after a session timeout they are reclaimed and work goes on (before, the reclaim ran only
+    with something to commit, and a fenced partition stayed paused for good)."""
+    fake_rekognition.set_object("bucket", "clean.jpg", labels=[])
+    await create(noida_bootstrap, topics)
+    settings = eos(noida_bootstrap, topics, fake_rekognition)
+    image = {"s3": {"bucket": "bucket", "key": "clean.jpg"}}
+    await produce(noida_bootstrap, topics.input, [(b"k", request("first", image), [])])
+    async with running(settings):
+        assert await all_committed(noida_bootstrap, topics, 1, 60) == 1
+        for partition in range(PARTITIONS):  # an outsider takes every partition's epoch
+            outsider = AIOKafkaProducer(
+                bootstrap_servers=noida_bootstrap,
+                transactional_id=f"{topics.group}-{topics.input}-{partition}",
+            )
+            await outsider.start()
+            await outsider.stop()
+        await produce(noida_bootstrap, topics.input, [(b"k", request("second", image), [])])
+        assert await all_committed(noida_bootstrap, topics, 2, 60) == 2
+    records = await read_all(
+        noida_bootstrap, list(topics.outputs.values()), expected=2, isolation="read_committed"
+    )
+    seen = outcomes_by_id(records, topics)
+    assert {key: dict(c) for key, c in seen.items()} == {
+        "first": {"approved": 1},
+        "second": {"approved": 1},
+    }
+
+
+@pytest.mark.noida
 async def test_a_rebalance_hands_partitions_over_without_duplicates(
     noida_bootstrap: str, topics: Topics, fake_rekognition: FakeRekognition
 ) -> None:
