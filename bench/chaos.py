@@ -91,6 +91,9 @@ class Scenario:
     tps_per_replica: float | None = None  # MODERATION_TPS, a ceiling; default: the quota
     log_level: str = "INFO"
     broker: Broker = "tansu"
+    # False: the fleet keeps its size after the churn (the cost of churn alone, without the
+    # scale-down's departures: static members never leave, and noida-db never expires them).
+    scale_down: bool = True
 
     @property
     def backend_requests(self) -> int:
@@ -544,7 +547,7 @@ async def run_scenario(
             await asyncio.sleep(rng.uniform(*scenario.interval_s))
             survivor = min(fleet.live)
             for slot in sorted(fleet.live):
-                if slot != survivor:
+                if slot != survivor and scenario.scale_down:
                     fleet.terminate(slot)  # scale to one: all at once, as Kubernetes does
             while not expected <= set(observer.first_at):
                 last = max(observer.first_at.values(), default=started)
@@ -552,7 +555,8 @@ async def run_scenario(
                     break
                 await asyncio.sleep(0.2)
             done_at = time.monotonic()
-            fleet.terminate(survivor)
+            for slot in sorted(fleet.live):
+                fleet.terminate(slot)
             await fleet.wait_terms()
             await observer.drain()
         finally:
@@ -667,6 +671,7 @@ async def main_async(ns: argparse.Namespace) -> None:
         give_up_s=ns.give_up,
         log_level=ns.log_level,
         broker=ns.broker,
+        scale_down=not ns.no_scale_down,
     )
     root = Path(ns.logdir)
     root.mkdir(parents=True, exist_ok=True)
@@ -725,6 +730,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--session-timeout-ms", type=int, default=d.session_timeout_ms)
     parser.add_argument("--rebalance-stall", type=float, default=d.rebalance_stall_s)
     parser.add_argument("--give-up", type=float, default=d.give_up_s, help="s without progress")
+    parser.add_argument(
+        "--no-scale-down", action="store_true", help="keep every replica after the churn"
+    )
     parser.add_argument("--log-level", default=d.log_level)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--logdir", default="/tmp/moderation-chaos")

@@ -129,7 +129,7 @@ async def sink_kill_restart_run(
             proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=out, stderr=out)
         await asyncio.wait_for(feeder, 120)
         loop_time = asyncio.get_running_loop().time
-        deadline = loop_time() + 180
+        deadline = loop_time() + 90
         while loop_time() < deadline:  # every loop decided, as a read_committed reader sees it
             records = await read_all(bootstrap, outputs, expected=0, isolation="read_committed")
             verdicts = {r.key for r in records if r.topic != topics.dlq}
