@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -49,3 +50,19 @@ async def running_process(
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+async def exit_output(command: str, env: dict[str, str], timeout_s: float = 60) -> tuple[int, str]:
+    """Run ``python -m service <command>`` to its exit: (exit code, its output)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service", command, env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()

@@ -33,7 +33,7 @@ from tests.images import BORDERLINE, EXPLICIT, b64, png
 from tests.integration.test_apache_kafka import docker_engine_available
 from tests.integration.test_pipeline import make_settings, running
 from tests.kafka_helpers import Topics, committed, produce, request
-from tests.processes import local_settings, process_env
+from tests.processes import exit_output, local_settings, process_env
 
 PARTITIONS = 3
 MIB = 1024 * 1024
@@ -384,18 +384,8 @@ async def test_the_process_exits_with_the_error_on_a_broker_without_transactions
             "MODERATION_PROCESSING_GUARANTEE": "exactly_once",
         }
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service", "run", env=env, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    text = out.decode()
-    assert proc.returncode == 2, text[-3000:]
+    code, text = await exit_output("run", env)
+    assert code == 2, text[-3000:]
     assert "configuration error: MODERATION_PROCESSING_GUARANTEE" in text, text[-3000:]
     assert kafka_bootstrap in text
 

@@ -35,6 +35,28 @@ from tests.kafka_helpers import Topics, by_topic, collect, create_topics, produc
 pytestmark = pytest.mark.kafka
 
 
+def plain_consumer(bootstrap: str, topics: Topics) -> AIOKafkaConsumer:
+    """A plain aiokafka member of the test's group, as any application would make it."""
+    return AIOKafkaConsumer(
+        topics.input,
+        bootstrap_servers=bootstrap,
+        group_id=topics.group,
+        session_timeout_ms=SESSION_MS,
+        heartbeat_interval_ms=2000,
+        auto_offset_reset="earliest",
+    )
+
+
+async def release(bootstrap: str, topics: Topics) -> Outcome:
+    return await release_departed_leader(
+        {"bootstrap_servers": bootstrap},
+        topics.group,
+        [topics.input],
+        timeout_s=15,
+        session_timeout_ms=SESSION_MS,
+    )
+
+
 async def test_a_leader_leaving_mid_rebalance_wedges_the_group_on_tansu(
     kafka_bootstrap: str, topics: Topics
 ) -> None:
@@ -61,25 +83,12 @@ async def test_release_frees_a_plain_consumer_stuck_in_a_wedged_group(
         _, survivor = await leave_during_rebalance(client, node, topics.group, topics.input)
         await survivor.leave()  # the group is empty now, and still wedged
     await produce(kafka_bootstrap, topics.input, [(b"k", b"v", [])])
-    consumer = AIOKafkaConsumer(
-        topics.input,
-        bootstrap_servers=kafka_bootstrap,
-        group_id=topics.group,
-        session_timeout_ms=SESSION_MS,
-        heartbeat_interval_ms=2000,
-        auto_offset_reset="earliest",
-    )
+    consumer = plain_consumer(kafka_bootstrap, topics)
     starting = asyncio.create_task(consumer.start())
     try:
         await asyncio.sleep(3)  # the consumer is joining and failing its syncs by now
         assert not consumer.assignment()
-        outcome = await release_departed_leader(
-            {"bootstrap_servers": kafka_bootstrap},
-            topics.group,
-            [topics.input],
-            timeout_s=15,
-            session_timeout_ms=SESSION_MS,
-        )
+        outcome = await release(kafka_bootstrap, topics)
         assert outcome is Outcome.RELEASED
         await asyncio.wait_for(starting, 60)
         records = await consumer.getmany(timeout_ms=30_000)
@@ -94,24 +103,11 @@ async def test_release_leaves_a_healthy_group_alone(kafka_bootstrap: str, topics
     """With a live leader (or no bug), nothing is done for anyone."""
     await create_topics(kafka_bootstrap, [topics.input], 1)
     await produce(kafka_bootstrap, topics.input, [(b"k", b"v", [])])
-    consumer = AIOKafkaConsumer(
-        topics.input,
-        bootstrap_servers=kafka_bootstrap,
-        group_id=topics.group,
-        session_timeout_ms=SESSION_MS,
-        heartbeat_interval_ms=2000,
-        auto_offset_reset="earliest",
-    )
+    consumer = plain_consumer(kafka_bootstrap, topics)
     await consumer.start()
     try:
         await consumer.getmany(timeout_ms=10_000)
-        outcome = await release_departed_leader(
-            {"bootstrap_servers": kafka_bootstrap},
-            topics.group,
-            [topics.input],
-            timeout_s=15,
-            session_timeout_ms=SESSION_MS,
-        )
+        outcome = await release(kafka_bootstrap, topics)
         assert outcome in (Outcome.LEADER_ALIVE, Outcome.FAILED)
     finally:
         await consumer.stop()

@@ -24,7 +24,7 @@ from service.settings import Settings
 from tests.integration.test_exactly_once import read_all
 from tests.integration.test_review_sink import event, output_json, put_output, review_record
 from tests.kafka_helpers import Topics, create_topics, produce
-from tests.processes import local_settings, process_env
+from tests.processes import exit_output, local_settings, process_env
 
 LOOPS = 60
 KILLS = 3
@@ -260,18 +260,8 @@ async def test_the_sink_process_exits_with_the_error_on_a_broker_without_transac
             "MODERATION_SINK_DATA_DIR": str(tmp_path / "sink-data"),
         }
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service", "sink", env=env, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    text = out.decode()
-    assert proc.returncode == 2, text[-3000:]
+    code, text = await exit_output("sink", env)
+    assert code == 2, text[-3000:]
     assert "configuration error: MODERATION_PROCESSING_GUARANTEE" in text, text[-3000:]
     assert kafka_bootstrap in text
 
