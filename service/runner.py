@@ -48,6 +48,7 @@ from service.retry import CircuitBreaker
 from service.settings import KafkaSettings, Settings
 from service.transactions import (
     CURRENT,
+    PROBE_TIMEOUT_S,
     BufferedSink,
     PendingOutputs,
     TransactionalCommitter,
@@ -65,7 +66,6 @@ MIN_CLOSE_S = 0.1
 GROUP_WATCH_S = 1.0
 RECOVERY_JITTER_S = 5.0  # spread of replicas' recovery attempts
 RECOVERY_TIMEOUT_S = 10.0  # one recovery attempt, at least
-PROBE_TIMEOUT_S = 30.0  # exactly_once: the broker must hand out a transactional producer by then
 
 T = TypeVar("T")
 

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PROBE_TIMEOUT_S = 30.0  # the broker must hand out a transactional producer by then
 TRANSACTION_TIMEOUT_MS = 30_000  # an orphaned open transaction blocks read_committed readers
 MIN_WAIT_S = 0.1
 FENCED = (ProducerFenced, InvalidProducerEpoch)

@@ -89,7 +89,13 @@ from service.review.intake import SinkIntake
 from service.review.records import parse_review_record, review_record_limit
 from service.review.store import OutputStore
 from service.settings import Settings
-from service.transactions import CURRENT, Output, TransactionalCommitter, probe_transactions
+from service.transactions import (
+    CURRENT,
+    PROBE_TIMEOUT_S,
+    Output,
+    TransactionalCommitter,
+    probe_transactions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +105,6 @@ REQUEST_AGAIN_S = 60.0  # a sweep's command lost in a rebalance is sent again af
 SHUTDOWN_SEND_S = 5.0  # how long a send may still wait for the broker once shutdown began
 _FORWARD_HEADROOM = 64 * 1024  # the re-keyed command wraps the record in a few bytes of JSON
 MAX_EVENTS_PER_LOOP = 8  # events held or queued for one loop; more are dead-lettered
-PROBE_TIMEOUT_S = 30.0  # exactly_once: the broker must hand out a transactional producer by then
 CHANGELOG_WAIT_S = 30.0  # exactly_once: an event's table writes must reach the broker by then
 
 #: exactly_once: the changelog writes of the event in hand, awaited before it is acknowledged.
