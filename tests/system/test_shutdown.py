@@ -62,6 +62,11 @@ async def stop_timed(proc: asyncio.subprocess.Process, log: Path) -> tuple[int |
     return proc.returncode, time.monotonic() - started
 
 
+def assert_clean_exit_in_grace(code: int | None, took: float, log: Path) -> None:
+    assert code == 0, log.read_text()[-3000:]
+    assert took <= GRACE_S + SLACK_S, (took, log.read_text()[-3000:])
+
+
 async def test_sigterm_while_joining_the_group(kafka_bootstrap: str, tmp_path: Path) -> None:
     # A 60 s session: the embedded broker holds the group's first join for about 30 s.
     log = tmp_path / "joining.log"
@@ -74,8 +79,7 @@ async def test_sigterm_while_joining_the_group(kafka_bootstrap: str, tmp_path: P
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    assert code == 0, log.read_text()[-3000:]
-    assert took <= GRACE_S + SLACK_S, (took, log.read_text()[-3000:])
+    assert_clean_exit_in_grace(code, took, log)
 
 
 @pytest.mark.skipif(not broker_is_tansu(), reason="the wedge is Tansu's")
@@ -102,8 +106,7 @@ async def test_sigterm_while_looping_on_a_failed_sync(kafka_bootstrap: str, tmp_
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    assert code == 0, log.read_text()[-3000:]
-    assert took <= GRACE_S + SLACK_S, (took, log.read_text()[-3000:])
+    assert_clean_exit_in_grace(code, took, log)
 
 
 async def test_sigterm_after_the_broker_is_gone(tmp_path: Path) -> None:
@@ -125,5 +128,4 @@ async def test_sigterm_after_the_broker_is_gone(tmp_path: Path) -> None:
         if proc.returncode is None:  # never leave the process behind, whatever failed first
             proc.kill()
             await proc.wait()
-    assert code == 0, log.read_text()[-3000:]
-    assert took <= GRACE_S + SLACK_S, (took, log.read_text()[-3000:])
+    assert_clean_exit_in_grace(code, took, log)
