@@ -22,14 +22,18 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from service.console.a2i import OutputWriter
+from service.console.api import Api
 from service.console.auth import Auth
 from service.console.delivery import Delivery, EventPublisher, KafkaEventPublisher
 from service.console.images import ImageSource
 from service.console.intake import Intake
 from service.console.metrics import ConsoleMetrics
+from service.console.pages import Pages
+from service.console.probes import Probes, Readiness
+from service.console.review_tasks import ReviewTasks
+from service.console.routes import application
 from service.console.settings import ConsoleSettings
 from service.console.store import ConsoleStore, StoreError, open_store
-from service.console.web import ConsoleWeb, Readiness
 from service.errors import ConfigError
 from service.fetch import FetchPolicy
 from service.retry import full_jitter
@@ -104,17 +108,23 @@ class Console:
             intake_required=intake_ref is not None,
             intake_started=lambda: intake_ref is not None and intake_ref.started,
         )
-        self.web = ConsoleWeb(
+        self.tasks = ReviewTasks(
             settings=console,
             store=self.store,
-            auth=self.auth,
             delivery=self.delivery,
-            writer=self.writer,
+            output_uri=self.writer.uri_for,
             images=self.images,
             metrics=self.metrics,
             clock=clock,
-            readiness=self.readiness,
+            is_lead=self.auth.is_lead,
         )
+        self.probes = Probes(
+            readiness=self.readiness, store=self.store, registry=self.metrics.registry
+        )
+        self.pages = Pages(
+            settings=console, auth=self.auth, tasks=self.tasks, metrics=self.metrics, clock=clock
+        )
+        self.api = Api(auth=self.auth, tasks=self.tasks)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
@@ -131,7 +141,15 @@ class Console:
             self._closers.append(self.images.close)
             await self.publisher.start()
             self._closers.append(self.publisher.close)
-            self._runner = web.AppRunner(self.web.application(), access_log=None)
+            app = application(
+                probes=self.probes,
+                pages=self.pages,
+                api=self.api,
+                auth=self.auth,
+                metrics=self.metrics,
+                secure_cookies=self.console.secure_cookies,
+            )
+            self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
             site = web.TCPSite(self._runner, self.console.host, self.console.port)
             await site.start()

@@ -17,8 +17,8 @@ import orjson
 import pytest
 
 from service.console.app import Console
+from service.console.middleware import PUBLIC_PATHS
 from service.console.store import ConsoleStore
-from service.console.web import PUBLIC_PATHS
 from service.review.answers import TASK_KEY, decide_from_output
 from service.review.events import parse_event
 from tests.console.conftest import new_database
@@ -208,7 +208,7 @@ async def test_state_survives_a_restart(
 
 
 async def test_every_route_refuses_callers_without_a_session(console: Console) -> None:
-    assert console.web is not None
+    assert console._runner is not None
     app_routes = [
         (route.method, route.resource.canonical)
         for route in console._runner.app.router.routes()  # type: ignore[union-attr]
