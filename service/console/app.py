@@ -61,6 +61,7 @@ class Console:
         self.console = console
         self.clock = clock
         self.metrics = ConsoleMetrics(registry)
+        self.metrics.initialise()
         database = console.database
         self.store = store or open_store(database.kind, path=database.path, dsn=database.dsn)
         review = settings.review
@@ -210,17 +211,21 @@ class Console:
             else:
                 return
 
+    async def update_gauges(self) -> None:
+        """Read the shared store's counts into the gauges (every replica reports the same)."""
+        try:
+            counts = await self.store.counts(self.clock())
+        except StoreError as exc:
+            log.warning("console gauges: %s", exc)
+            return
+        self.metrics.console_pending.set(counts.pending)
+        self.metrics.console_overdue.set(counts.overdue)
+        self.metrics.console_claimed.set(counts.claimed)
+        self.metrics.console_unpublished.set(counts.unpublished)
+
     async def _gauges(self) -> None:
         while not self._stop.is_set():
-            try:
-                counts = await self.store.counts(self.clock())
-            except StoreError as exc:
-                log.warning("console gauges: %s", exc)
-            else:
-                self.metrics.reviews_pending.set(counts.pending)
-                self.metrics.console_overdue.set(counts.overdue)
-                self.metrics.console_claimed.set(counts.claimed)
-                self.metrics.console_unpublished.set(counts.unpublished)
+            await self.update_gauges()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), GAUGE_INTERVAL_S)
 
