@@ -109,7 +109,7 @@ class Console:
             intake_required=intake_ref is not None,
             intake_started=lambda: intake_ref is not None and intake_ref.started,
         )
-        self.tasks = ReviewTasks(
+        self.review_tasks = ReviewTasks(
             settings=console,
             store=self.store,
             delivery=self.delivery,
@@ -123,11 +123,15 @@ class Console:
             readiness=self.readiness, store=self.store, registry=self.metrics.registry
         )
         self.pages = Pages(
-            settings=console, auth=self.auth, tasks=self.tasks, metrics=self.metrics, clock=clock
+            settings=console,
+            auth=self.auth,
+            tasks=self.review_tasks,
+            metrics=self.metrics,
+            clock=clock,
         )
-        self.api = Api(auth=self.auth, tasks=self.tasks)
+        self.api = Api(auth=self.auth, tasks=self.review_tasks)
         self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._background: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self._closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self.port: int | None = None
@@ -175,7 +179,7 @@ class Console:
         )
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        self._tasks.append(asyncio.create_task(coro, name=name))
+        self._background.append(asyncio.create_task(coro, name=name))
 
     async def stop(self) -> None:
         """Idempotent: stop HTTP, then the tasks, then the clients in reverse order."""
@@ -184,7 +188,7 @@ class Console:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-        tasks, self._tasks = self._tasks, []
+        tasks, self._background = self._background, []
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=TASK_STOP_S)
             for task in pending:
