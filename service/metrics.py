@@ -27,9 +27,37 @@ _E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 18
 _REVIEW_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0)
 
 
-class Metrics:
+class PublishMetrics:
+    """What publishing records counts: the pipeline's and the console's intake both publish dead
+    letters through :class:`~service.publisher.Publisher`, so both export these."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.dead_letters = Counter(
+            "moderation_dlq",
+            "Records sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.publish_retries = Counter(
+            "moderation_publish_retries",
+            "Output publishes retried after a broker error.",
+            registry=r,
+        )
+        self.publish_refused = Counter(
+            "moderation_publish_refused",
+            "Output records the broker refused for good (too large, invalid); each was replaced "
+            "by a dead letter.",
+            registry=r,
+        )
+
+
+class Metrics(PublishMetrics):
+    """The pipeline's and the review sink's metrics."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
         r = self.registry
         self.consumed = Counter(
             "moderation_messages_consumed", "Input records taken from Kafka.", registry=r
@@ -44,12 +72,6 @@ class Metrics:
             "moderation_labels",
             "Moderation labels seen in verdicts, by top-level v7 category.",
             ["category"],
-            registry=r,
-        )
-        self.dead_letters = Counter(
-            "moderation_dlq",
-            "Records sent to the dead-letter topic, by reason.",
-            ["reason"],
             registry=r,
         )
         self.backend_calls = Counter(
@@ -114,17 +136,6 @@ class Metrics:
         self.partitions_assigned = Gauge(
             "moderation_partitions_assigned",
             "Input partitions assigned to this replica.",
-            registry=r,
-        )
-        self.publish_retries = Counter(
-            "moderation_publish_retries",
-            "Output publishes retried after a broker error.",
-            registry=r,
-        )
-        self.publish_refused = Counter(
-            "moderation_publish_refused",
-            "Output records the broker refused for good (too large, invalid); each was replaced "
-            "by a dead letter.",
             registry=r,
         )
         self.undecodable_recoveries = Counter(

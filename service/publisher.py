@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 
 from service.errors import RecordRefused
 from service.messages import DeadLetter, Headers, dead_letter_output
-from service.metrics import Metrics
+from service.metrics import PublishMetrics
 from service.retry import full_jitter
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def is_refusal(exc: BaseException) -> bool:
 
 
 class Publisher:
-    def __init__(self, producer: AIOKafkaProducer, metrics: Metrics) -> None:
+    def __init__(self, producer: AIOKafkaProducer, metrics: PublishMetrics) -> None:
         self._producer = producer
         self._metrics = metrics
 

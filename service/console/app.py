@@ -22,14 +22,18 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from service.console.a2i import OutputWriter
+from service.console.api import Api
 from service.console.auth import Auth
 from service.console.delivery import Delivery, EventPublisher, KafkaEventPublisher
 from service.console.images import ImageSource
 from service.console.intake import Intake
 from service.console.metrics import ConsoleMetrics
+from service.console.pages import Pages
+from service.console.probes import Probes, Readiness
+from service.console.review_tasks import ReviewTasks
+from service.console.routes import application
 from service.console.settings import ConsoleSettings
 from service.console.store import ConsoleStore, StoreError, open_store
-from service.console.web import ConsoleWeb, Readiness
 from service.errors import ConfigError
 from service.fetch import FetchPolicy
 from service.retry import full_jitter
@@ -57,6 +61,7 @@ class Console:
         self.console = console
         self.clock = clock
         self.metrics = ConsoleMetrics(registry)
+        self.metrics.initialise()
         database = console.database
         self.store = store or open_store(database.kind, path=database.path, dsn=database.dsn)
         review = settings.review
@@ -104,19 +109,29 @@ class Console:
             intake_required=intake_ref is not None,
             intake_started=lambda: intake_ref is not None and intake_ref.started,
         )
-        self.web = ConsoleWeb(
+        self.review_tasks = ReviewTasks(
             settings=console,
             store=self.store,
-            auth=self.auth,
             delivery=self.delivery,
-            writer=self.writer,
+            output_uri=self.writer.uri_for,
             images=self.images,
             metrics=self.metrics,
             clock=clock,
-            readiness=self.readiness,
+            is_lead=self.auth.is_lead,
         )
+        self.probes = Probes(
+            readiness=self.readiness, store=self.store, registry=self.metrics.registry
+        )
+        self.pages = Pages(
+            settings=console,
+            auth=self.auth,
+            tasks=self.review_tasks,
+            metrics=self.metrics,
+            clock=clock,
+        )
+        self.api = Api(auth=self.auth, tasks=self.review_tasks)
         self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._background: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self._closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self.port: int | None = None
@@ -131,7 +146,15 @@ class Console:
             self._closers.append(self.images.close)
             await self.publisher.start()
             self._closers.append(self.publisher.close)
-            self._runner = web.AppRunner(self.web.application(), access_log=None)
+            app = application(
+                probes=self.probes,
+                pages=self.pages,
+                api=self.api,
+                auth=self.auth,
+                metrics=self.metrics,
+                secure_cookies=self.console.secure_cookies,
+            )
+            self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
             site = web.TCPSite(self._runner, self.console.host, self.console.port)
             await site.start()
@@ -156,7 +179,7 @@ class Console:
         )
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        self._tasks.append(asyncio.create_task(coro, name=name))
+        self._background.append(asyncio.create_task(coro, name=name))
 
     async def stop(self) -> None:
         """Idempotent: stop HTTP, then the tasks, then the clients in reverse order."""
@@ -165,7 +188,7 @@ class Console:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-        tasks, self._tasks = self._tasks, []
+        tasks, self._background = self._background, []
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=TASK_STOP_S)
             for task in pending:
@@ -192,17 +215,21 @@ class Console:
             else:
                 return
 
+    async def update_gauges(self) -> None:
+        """Read the shared store's counts into the gauges (every replica reports the same)."""
+        try:
+            counts = await self.store.counts(self.clock())
+        except StoreError as exc:
+            log.warning("console gauges: %s", exc)
+            return
+        self.metrics.console_pending.set(counts.pending)
+        self.metrics.console_overdue.set(counts.overdue)
+        self.metrics.console_claimed.set(counts.claimed)
+        self.metrics.console_unpublished.set(counts.unpublished)
+
     async def _gauges(self) -> None:
         while not self._stop.is_set():
-            try:
-                counts = await self.store.counts(self.clock())
-            except StoreError as exc:
-                log.warning("console gauges: %s", exc)
-            else:
-                self.metrics.reviews_pending.set(counts.pending)
-                self.metrics.console_overdue.set(counts.overdue)
-                self.metrics.console_claimed.set(counts.claimed)
-                self.metrics.console_unpublished.set(counts.unpublished)
+            await self.update_gauges()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), GAUGE_INTERVAL_S)
 

@@ -1,22 +1,51 @@
-"""The console's metrics, on the service's :class:`~service.metrics.Metrics` registry.
+"""Every metric the review console exports, defined in one place; a registry is injected so tests
+read their own.
 
-``moderation_reviews_pending`` is the shared gauge (items waiting for a reviewer, before their
-deadline); the rest are the console's own. Label values come from small fixed sets only.
+Only what the console sets: its own ``moderation_console_*`` metrics, plus the dead-letter and
+publish counters of :class:`~service.metrics.PublishMetrics` (its intake dead-letters records
+that are not review records). None of the pipeline's gauges: a console exporting them as zeros
+would pull sums and per-replica panels down.
+
+The gauges read from the store (items waiting, overdue, claimed, undelivered) describe the store
+all replicas share, so every replica reports the same value: aggregate them with ``max()``,
+never ``sum()``. Reviews started and not yet answered are the sink's
+``moderation_reviews_pending``; the console does not export that name. Label values come from
+small fixed sets only.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from service.metrics import Metrics
+from service.errors import Reason
+from service.metrics import PublishMetrics
 
 _DECISION_BUCKETS = (5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
+CLAIM_OUTCOMES = ("claimed", "taken", "gone", "empty")
+VERDICTS = ("approved", "rejected")
+DELIVERY_OUTCOMES = ("delivered", "failed")
+INTAKE_OUTCOMES = ("stored", "unchanged", "skipped_managed", "dead_lettered")
+LOGIN_OUTCOMES = ("ok", "failed", "locked", "trusted_header")
+REFUSALS = ("unauthenticated", "forbidden", "csrf")
+# What the console's intake dead-letters (see service.console.intake).
+DEAD_LETTER_REASONS = (
+    Reason.INVALID_REVIEW_RECORD,
+    Reason.UNDECODABLE_RECORD,
+    Reason.INTERNAL_ERROR,
+)
 
-class ConsoleMetrics(Metrics):
+
+class ConsoleMetrics(PublishMetrics):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         super().__init__(registry)
         r = self.registry
+        self.console_pending = Gauge(
+            "moderation_console_items_pending",
+            "Items in the console's shared store waiting for a reviewer, before their deadline "
+            "(every replica reports the same store: aggregate with max()).",
+            registry=r,
+        )
         self.console_overdue = Gauge(
             "moderation_console_reviews_overdue",
             "Items past their deadline that no reviewer decided (the sink applies the fallback).",
@@ -73,3 +102,21 @@ class ConsoleMetrics(Metrics):
             ["reason"],
             registry=r,
         )
+
+    def initialise(self) -> None:
+        """Create every known label set at zero, so each series exists from the first scrape
+        (``rate()`` over a series that appears at its first increment misses that increment)."""
+        for outcome in CLAIM_OUTCOMES:
+            self.console_claims.labels(outcome=outcome)
+        for verdict in VERDICTS:
+            self.console_decisions.labels(verdict=verdict)
+        for outcome in DELIVERY_OUTCOMES:
+            self.console_deliveries.labels(outcome=outcome)
+        for outcome in INTAKE_OUTCOMES:
+            self.console_intake.labels(outcome=outcome)
+        for outcome in LOGIN_OUTCOMES:
+            self.console_logins.labels(outcome=outcome)
+        for reason in REFUSALS:
+            self.console_refused.labels(reason=reason)
+        for dead in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason=dead.value)

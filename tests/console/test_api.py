@@ -15,10 +15,12 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.console.app import Console
+from service.console.metrics import ConsoleMetrics
+from service.console.middleware import PUBLIC_PATHS
 from service.console.store import ConsoleStore
-from service.console.web import PUBLIC_PATHS
 from service.review.answers import TASK_KEY, decide_from_output
 from service.review.events import parse_event
 from tests.console.conftest import new_database
@@ -208,7 +210,7 @@ async def test_state_survives_a_restart(
 
 
 async def test_every_route_refuses_callers_without_a_session(console: Console) -> None:
-    assert console.web is not None
+    assert console._runner is not None
     app_routes = [
         (route.method, route.resource.canonical)
         for route in console._runner.app.router.routes()  # type: ignore[union-attr]
@@ -616,12 +618,24 @@ async def test_trusted_header_only_from_trusted_proxies(tmp_path: Path, clock: F
 
 async def test_probes_and_metrics_are_open_and_count(console: Console, clock: FakeClock) -> None:
     await add_item(console, clock, "counted")
+    await add_item(console, clock, "overdue", deadline=clock() - 1)
+    await console.update_gauges()
     async with aiohttp.ClientSession(url_of(console)) as anonymous:
         for path in ("/healthz", "/readyz"):
             async with anonymous.get(path) as response:
                 assert response.status == 200, path
-        await asyncio.sleep(0)
         async with anonymous.get("/metrics") as response:
             text = await response.text()
-    assert "moderation_reviews_pending" in text
-    assert "moderation_console_claims_total" in text or "moderation_console_claims" in text
+    families = {
+        family.name: family
+        for family in text_string_to_metric_families(text)
+        if not family.name.endswith("_created")  # the client's creation timestamps
+    }
+    # Only the console's own metrics: none of the pipeline's gauges as zeros, and not the sink's
+    # moderation_reviews_pending (a dashboard sum() would count every review once per replica).
+    assert set(families) == {family.name for family in ConsoleMetrics().registry.collect()}
+    assert "moderation_reviews_pending" not in families
+    assert families["moderation_console_items_pending"].samples[0].value == 1
+    assert families["moderation_console_reviews_overdue"].samples[0].value == 1
+    claims = {s.labels["outcome"] for s in families["moderation_console_claims"].samples}
+    assert claims >= {"claimed", "taken", "gone", "empty"}  # every series from the first scrape

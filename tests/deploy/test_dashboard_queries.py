@@ -3,9 +3,9 @@ panel, and (markers kafka + slow) that every panel query and every alert express
 against a real Prometheus scraping the real service.
 
 The live test runs the pipeline in-process on the test broker with the fake Rekognition (as
-tests/integration/test_pipeline.py does), sends good, throttled, failing and bad records so the
-series exist, and points Debian's `prometheus` binary at the service's /metrics every second
-with deploy/prometheus/alerts.yaml loaded.
+tests/integration/test_pipeline.py does) and a review console beside it, sends good, throttled,
+failing and bad records so the series exist, and points Debian's `prometheus` binary at both
+/metrics endpoints every second with deploy/prometheus/alerts.yaml loaded.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from service.console.metrics import ConsoleMetrics
 from service.metrics import Metrics
+from tests.console.harness import FakeClock, base_env, running_console
 from tests.deploy.observability import (
     ALERTS,
     JOB,
@@ -56,6 +58,14 @@ REQUIRED_PANELS = {
     "Dead letters by reason",
     "Review queue",
     "Review turnaround",
+    "Review console: queue",
+}
+# The console's gauges read the store every replica shares: each replica reports the same value.
+SHARED_STORE_GAUGES = {
+    "moderation_console_items_pending",
+    "moderation_console_claims_active",
+    "moderation_console_reviews_overdue",
+    "moderation_console_decisions_undelivered",
 }
 
 
@@ -106,10 +116,12 @@ def overlaps(a: dict, b: dict) -> bool:
 
 
 def exposed_metric_names() -> Iterator[str]:
-    """The names service/metrics.py exposes: counters as _total, histograms by their _bucket."""
-    for family in Metrics().registry.collect():
-        suffix = {"counter": "_total", "histogram": "_bucket"}.get(family.type, "")
-        yield family.name + suffix
+    """The names the service exposes (service/metrics.py and the console's
+    service/console/metrics.py): counters as _total, histograms by their _bucket."""
+    for metrics in (Metrics(), ConsoleMetrics()):
+        for family in metrics.registry.collect():
+            suffix = {"counter": "_total", "histogram": "_bucket"}.get(family.type, "")
+            yield family.name + suffix
 
 
 def test_every_metric_is_on_a_panel(dashboard: dict) -> None:
@@ -118,6 +130,18 @@ def test_every_metric_is_on_a_panel(dashboard: dict) -> None:
     assert not missing, f"metrics no panel shows: {sorted(missing)}"
     unknown = used - set(exposed_metric_names())
     assert not unknown, f"panels query metrics the service does not export: {sorted(unknown)}"
+
+
+def test_shared_store_gauges_take_the_max_over_console_replicas(dashboard: dict) -> None:
+    """A sum() would count every waiting item once per console replica."""
+    queries = [q for q in dashboard_queries(dashboard) if q.metrics & SHARED_STORE_GAUGES]
+    assert {metric for q in queries for metric in q.metrics} >= SHARED_STORE_GAUGES
+    for query in queries:
+        assert query.expr.startswith("max("), (query.panel, query.expr)
+        assert "sum" not in query.expr, (query.panel, query.expr)
+    for rule in alert_rules():
+        used = PanelQuery("", "", rule["expr"], "", "").metrics
+        assert not (used & SHARED_STORE_GAUGES and "sum" in rule["expr"]), rule["alert"]
 
 
 def test_alerts_only_use_exported_metrics() -> None:
@@ -204,8 +228,14 @@ async def test_every_panel_query_and_alert_evaluates_against_real_prometheus(
     records = traffic()
     settings = make_settings(kafka_bootstrap, topics, fake_rekognition, MODERATION_TPS="50")
 
-    async with running(settings) as runner:
-        prometheus = Prometheus(tmp_path, [f"127.0.0.1:{runner.http_port}"], [ALERTS])
+    console_dir = tmp_path / "console"
+    console_dir.mkdir()
+    async with (
+        running(settings) as runner,
+        running_console(base_env(console_dir), clock=FakeClock()) as console,
+    ):
+        targets = [f"127.0.0.1:{runner.http_port}", f"127.0.0.1:{console.port}"]
+        prometheus = Prometheus(tmp_path, targets, [ALERTS])
         async with prometheus.running() as prom:
             await prom.wait_for_scrapes(2)  # counters seen at zero: rates see the increase
             await produce(kafka_bootstrap, topics.input, records)
@@ -222,7 +252,7 @@ async def test_every_panel_query_and_alert_evaluates_against_real_prometheus(
             up = await prom.query(f'up{{job="{JOB}"}}')
 
     assert fake_rekognition.stats.throttled > 0, "the traffic was meant to be throttled"
-    assert [float(s["value"][1]) for s in up] == [1.0]
+    assert [float(s["value"][1]) for s in up] == [1.0, 1.0]  # the pipeline and the console
     assert {r["name"] for r in rules} == {r["alert"] for r in alert_rules()}
     for rule in rules:
         assert rule["health"] == "ok", (rule["name"], rule.get("lastError"))
