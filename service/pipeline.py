@@ -9,15 +9,19 @@ pauses intake). Only a message the backend keeps failing on while it serves othe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from service.activation import ActivationConditions, Evaluation, evaluate
-from service.backends.base import HumanLoopRequest, ModerationBackend, ModerationResult
+from service.backends.base import (
+    HumanLoopRequest,
+    ManagedReviewBackend,
+    ModerationBackend,
+    ModerationResult,
+)
 from service.capacity import ConcurrencyBudget
 from service.errors import BackendError, InputError, Reason, RecordRefused
 from service.fetch import ImageFetcher
@@ -95,6 +99,17 @@ class Pipeline:
         self._budget = budget
         self._conditions = conditions
         self._backend_name = backend_name
+        # Managed review is a capability: asked for only when configured and the backend has it.
+        self._reviewer = backend if isinstance(backend, ManagedReviewBackend) else None
+        if settings.review.flow_definition_arn is not None and self._reviewer is None:
+            log.warning(
+                "the %s backend cannot start managed reviews; reviews are self-hosted",
+                backend_name,
+            )
+        # The backend's own concurrency limit: calls beyond it wait for a slot (and, with the
+        # in-flight cap, intake pauses) instead of piling up inside the backend.
+        slots = backend.max_concurrency
+        self._slots = asyncio.Semaphore(slots) if slots is not None else None
         self._topics = {
             "approved": settings.kafka.approved_topic,
             "rejected": settings.kafka.rejected_topic,
@@ -120,7 +135,7 @@ class Pipeline:
                 HumanLoopRequest(
                     loop, review_cfg.flow_definition_arn, review_cfg.content_classifiers
                 )
-                if review_cfg.flow_definition_arn is not None
+                if review_cfg.flow_definition_arn is not None and self._reviewer is not None
                 else None
             )
             result, attempts, loop_refused = await self._moderate(image, request, human_loop)
@@ -135,9 +150,10 @@ class Pipeline:
             self._observe_done(record, started)
             return Reason.BACKEND_ERROR.value
 
-        managed_arn = (result.human_loop or {}).get("HumanLoopArn")
+        managed = result.managed_review
+        managed_arn = managed.loop_arn if managed is not None else None
         evaluation = None
-        if self._conditions is not None and managed_arn is None:
+        if self._conditions is not None and managed is None:
             evaluation = evaluate(self._conditions, result.labels, request_key=loop)
         decision = decide(
             result.labels,
@@ -185,13 +201,11 @@ class Pipeline:
         reasons: list[dict[str, Any]],
         loop_refused: bool,
     ) -> dict[str, Any]:
-        managed = result.human_loop if (result.human_loop or {}).get("HumanLoopArn") else None
+        managed = result.managed_review
         if managed is not None:
             mode = "managed"
-            activation_reasons = list(managed.get("HumanLoopActivationReasons", []))
-            activation_results = _json_or_text(
-                managed.get("HumanLoopActivationConditionsEvaluationResults")
-            )
+            activation_reasons = list(managed.activation_reasons)
+            activation_results = managed.conditions_evaluation
         else:
             mode = "self_hosted"
             activation_reasons = evaluation.reasons if evaluation and evaluation.activated else []
@@ -208,7 +222,7 @@ class Pipeline:
             loop=loop,
             mode=mode,
             flow_definition_arn=self._settings.review.flow_definition_arn,
-            human_loop=managed,
+            human_loop_arn=managed.loop_arn if managed is not None else None,
             activation_reasons=activation_reasons,
             activation_results=activation_results,
             sla_s=self._settings.review.sla_s,
@@ -256,10 +270,11 @@ class Pipeline:
         loop_refused = False
         while True:
             probe = await self._breaker.admit()
-            issued_at = await self._limiter.acquire()
             attempt += 1
             try:
-                result = await self._call(image, min_confidence, human_loop)
+                async with self._slots or contextlib.nullcontext():
+                    issued_at = await self._limiter.acquire()
+                    result = await self._call(image, min_confidence, human_loop)
             except BackendError as exc:
                 if exc.human_loop_quota:
                     # Too many reviews in progress: hold (retry later, gently) or decide now
@@ -295,7 +310,12 @@ class Pipeline:
         outcome = "error"
         started = time.monotonic()
         try:
-            result = await self._backend.moderate(image, min_confidence, human_loop)
+            if human_loop is not None and self._reviewer is not None:
+                result = await self._reviewer.moderate_with_review(
+                    image, min_confidence, human_loop
+                )
+            else:
+                result = await self._backend.moderate(image, min_confidence)
         except InputError:
             outcome = "rejected"
             raise
@@ -355,13 +375,3 @@ class Pipeline:
             max_record_bytes=self._settings.safety.dlq_max_record_bytes,
         )
         self._metrics.dead_letters.labels(reason=reason).inc()
-
-
-def _json_or_text(value: object) -> object:
-    """Rekognition returns the evaluation results as a JSON string; keep them structured."""
-    if isinstance(value, str):
-        try:
-            return orjson.loads(value)
-        except orjson.JSONDecodeError:
-            return value
-    return value

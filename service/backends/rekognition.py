@@ -13,10 +13,11 @@ import contextlib
 from typing import Any
 
 import aioboto3
+import orjson
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
-from service.backends.base import HumanLoopRequest, ModerationResult
+from service.backends.base import HumanLoopRequest, ManagedReview, ModerationResult
 from service.errors import BackendError, InputError, Reason
 from service.messages import Label, S3Image
 from service.settings import BackendSettings
@@ -56,7 +57,36 @@ def parse_labels(response: dict[str, Any]) -> list[Label]:
     ]
 
 
+def parse_managed_review(response: dict[str, Any]) -> ManagedReview | None:
+    """The review A2I started with this call (HumanLoopActivationOutput), if any."""
+    output = response.get("HumanLoopActivationOutput") or {}
+    arn = output.get("HumanLoopArn")
+    if not arn:
+        return None
+    return ManagedReview(
+        loop_arn=str(arn),
+        activation_reasons=tuple(str(r) for r in output.get("HumanLoopActivationReasons", [])),
+        conditions_evaluation=_json_or_text(
+            output.get("HumanLoopActivationConditionsEvaluationResults")
+        ),
+    )
+
+
+def _json_or_text(value: object) -> object:
+    """Rekognition returns the evaluation results as a JSON string; keep them structured."""
+    if isinstance(value, str):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+    return value
+
+
 class RekognitionBackend:
+    """Moderation by Rekognition; can start managed A2I reviews in the same call."""
+
+    max_concurrency: int | None = None  # the rate limiter, not a pool, bounds a remote API
+
     def __init__(self, settings: BackendSettings) -> None:
         self._settings = settings
         self._exit_stack = contextlib.AsyncExitStack()
@@ -83,11 +113,16 @@ class RekognitionBackend:
         self._client = None
         await self._exit_stack.aclose()
 
-    async def moderate(
-        self,
-        image: S3Image | bytes,
-        min_confidence: float,
-        human_loop: HumanLoopRequest | None = None,
+    async def moderate(self, image: S3Image | bytes, min_confidence: float) -> ModerationResult:
+        return await self._detect(image, min_confidence, None)
+
+    async def moderate_with_review(
+        self, image: S3Image | bytes, min_confidence: float, review: HumanLoopRequest
+    ) -> ModerationResult:
+        return await self._detect(image, min_confidence, review)
+
+    async def _detect(
+        self, image: S3Image | bytes, min_confidence: float, review: HumanLoopRequest | None
     ) -> ModerationResult:
         if self._client is None:
             raise RuntimeError("RekognitionBackend.start() was not awaited")
@@ -99,8 +134,8 @@ class RekognitionBackend:
         else:
             request_image = {"Bytes": image}
         params: dict[str, Any] = {"Image": request_image, "MinConfidence": min_confidence}
-        if human_loop is not None:
-            params["HumanLoopConfig"] = human_loop.as_api()
+        if review is not None:
+            params["HumanLoopConfig"] = review.as_api()
         try:
             response = await self._client.detect_moderation_labels(**params)
         except ClientError as exc:
@@ -116,5 +151,5 @@ class RekognitionBackend:
         return ModerationResult(
             labels=parse_labels(response),
             model_version=response.get("ModerationModelVersion"),
-            human_loop=response.get("HumanLoopActivationOutput"),
+            managed_review=parse_managed_review(response),
         )

@@ -51,9 +51,7 @@ def pipeline_record(
         flow_definition_arn="arn:aws:sagemaker:eu-west-1:123456789012:flow-definition/f"
         if mode == "managed"
         else None,
-        human_loop={"HumanLoopArn": "arn:aws:sagemaker:eu-west-1:1:human-loop/x"}
-        if mode == "managed"
-        else None,
+        human_loop_arn="arn:aws:sagemaker:eu-west-1:1:human-loop/x" if mode == "managed" else None,
         activation_reasons=["Explicit Nudity 72.0 >= 50"],
         activation_results={"Conditions": [{"And": []}]},
         sla_s=3600,
