@@ -23,7 +23,15 @@ from service.backends.base import (
     ModerationResult,
 )
 from service.capacity import ConcurrencyBudget
-from service.errors import BackendError, InputError, Reason, RecordRefused
+from service.errors import (
+    BackendError,
+    GaveUp,
+    HumanLoopQuotaExceeded,
+    InputError,
+    Reason,
+    RecordRefused,
+    Throttled,
+)
 from service.fetch import ImageFetcher
 from service.messages import (
     BytesImage,
@@ -61,15 +69,6 @@ class InputRecord:
     key: bytes | None
     value: bytes | None
     headers: RawHeaders
-
-
-class GaveUp(Exception):
-    """The backend kept failing on this one image while serving others."""
-
-    def __init__(self, code: str, attempts: int) -> None:
-        super().__init__(code)
-        self.code = code
-        self.attempts = attempts
 
 
 class Pipeline:
@@ -276,7 +275,7 @@ class Pipeline:
                     issued_at = await self._limiter.acquire()
                     result = await self._call(image, min_confidence, human_loop)
             except BackendError as exc:
-                if exc.human_loop_quota:
+                if isinstance(exc, HumanLoopQuotaExceeded):
                     # Too many reviews in progress: hold (retry later, gently) or decide now
                     # without a managed loop and let the self-hosted path take the review.
                     if self._settings.review.quota_fallback == "policy":
@@ -284,7 +283,7 @@ class Pipeline:
                         continue
                     await asyncio.sleep(full_jitter(attempt, base=1.0, cap=60.0))
                     continue
-                if exc.throttled:
+                if isinstance(exc, Throttled):
                     self._limiter.on_throttled(issued_at)
                     await asyncio.sleep(full_jitter(attempt, base=0.05, cap=2.0))
                     continue
@@ -320,7 +319,7 @@ class Pipeline:
             outcome = "rejected"
             raise
         except BackendError as exc:
-            outcome = "throttled" if exc.throttled else "error"
+            outcome = "throttled" if isinstance(exc, Throttled) else "error"
             raise
         else:
             outcome = "ok"

@@ -1,9 +1,10 @@
 """Amazon Rekognition DetectModerationLabels through aioboto3.
 
 This module is the one boundary where botocore's errors become ours: problems with the image are
-InputErrors (dead-lettered), throttling and server errors are retriable BackendErrors, and
-everything else (credentials, permissions, network) is a non-retriable BackendError that the
-pipeline treats as an outage to wait out, never as a reason to dead-letter good input.
+InputErrors (dead-lettered); throttling is Throttled, A2I's review quota HumanLoopQuotaExceeded;
+server errors, connection failures and timeouts are plain (retriable) BackendErrors; everything
+else (credentials, permissions, missing resources) is BackendUnavailable, an outage the pipeline
+waits out, never a reason to dead-letter good input.
 SDK-level retries are off: the pipeline's limiter must see every throttle to adapt.
 """
 
@@ -18,7 +19,14 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from service.backends.base import HumanLoopRequest, ManagedReview, ModerationResult
-from service.errors import BackendError, InputError, Reason
+from service.errors import (
+    BackendError,
+    BackendUnavailable,
+    HumanLoopQuotaExceeded,
+    InputError,
+    Reason,
+    Throttled,
+)
 from service.messages import Label, S3Image
 from service.settings import BackendSettings
 
@@ -39,10 +47,12 @@ def translate_client_error(exc: ClientError) -> InputError | BackendError:
     if code in _IMAGE_ERRORS:
         return InputError(_IMAGE_ERRORS[code], f"Rekognition {code}: {message}")
     if code in _THROTTLING:
-        return BackendError(code, message, retriable=True, throttled=True)
+        return Throttled(code, message)
     if code == "HumanLoopQuotaExceededException":
-        return BackendError(code, message, retriable=True, human_loop_quota=True)
-    return BackendError(code, message, retriable=code in _RETRIABLE)
+        return HumanLoopQuotaExceeded(code, message)
+    if code in _RETRIABLE:
+        return BackendError(code, message)
+    return BackendUnavailable(code, message)
 
 
 def parse_labels(response: dict[str, Any]) -> list[Label]:
@@ -147,7 +157,7 @@ class RekognitionBackend:
             ) from exc
         except BotoCoreError as exc:
             # Connection failures, timeouts, credential problems: the backend, not the image.
-            raise BackendError(type(exc).__name__, str(exc), retriable=True) from exc
+            raise BackendError(type(exc).__name__, str(exc)) from exc
         return ModerationResult(
             labels=parse_labels(response),
             model_version=response.get("ModerationModelVersion"),
