@@ -47,7 +47,7 @@ class Reason(StrEnum):
 class ServiceError(Exception):
     """Root of every error the service raises on purpose."""
 
-    retriable: bool = False
+    retriable: bool = False  # asking again, the same way and soon, can succeed
 
 
 class ConfigError(ServiceError):
@@ -72,28 +72,44 @@ class InputError(ServiceError):
 
 
 class BackendError(ServiceError):
-    """The moderation backend failed for a reason that is not the image's fault.
+    """The backend (or a store it reads) failed; not the input's fault. Retried with backoff.
 
-    ``throttled`` errors slow the shared rate limiter down; other retriable errors are retried
-    with backoff; non-retriable ones (credentials, permissions, missing resources) mean an
-    outage: the pipeline keeps waiting instead of dead-lettering healthy input.
+    A caller acts on the subclass: :class:`Throttled` slows the limiter, :class:`BackendUnavailable`
+    waits out an outage, :class:`HumanLoopQuotaExceeded` holds or falls back, :class:`GaveUp`
+    dead-letters the one input. Any other BackendError is a passing server error.
     """
 
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        *,
-        retriable: bool,
-        throttled: bool = False,
-        human_loop_quota: bool = False,
-    ) -> None:
+    retriable = True
+
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
-        self.retriable = retriable
-        self.throttled = throttled
-        # Too many reviews in progress: not an outage; hold or fall back, never hammer.
-        self.human_loop_quota = human_loop_quota
+
+
+class Throttled(BackendError):
+    """Over the quota: slows the shared rate limiter, then retried."""
+
+
+class BackendUnavailable(BackendError):
+    """Credentials, permissions, a missing resource: an outage; callers wait (circuit breaker),
+    never dead-letter healthy input."""
+
+    retriable = False
+
+
+class HumanLoopQuotaExceeded(BackendError):
+    """Too many human reviews in progress: hold or fall back, never hammer."""
+
+
+class GaveUp(BackendError):
+    """The backend kept failing on this one input while serving others: the input goes to the
+    DLQ."""
+
+    retriable = False
+
+    def __init__(self, code: str, attempts: int) -> None:
+        super().__init__(code, f"still failing after {attempts} attempts while serving others")
+        self.attempts = attempts
 
 
 class PublishError(ServiceError):

@@ -1,19 +1,35 @@
-"""What the pipeline needs from a moderation backend, whichever model answers."""
+"""What the pipeline needs from a moderation backend, whichever model answers.
+
+Every backend moderates an image and says how many calls it can serve at once. Managed human
+review (Rekognition starting an A2I loop in the same call) is an optional capability: a backend
+that has it also implements :class:`ManagedReviewBackend`, and the pipeline asks before using it.
+Results are typed here, so no caller reads a vendor's response shapes.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from service.messages import Label, S3Image
+
+
+@dataclass(frozen=True, slots=True)
+class ManagedReview:
+    """A review the backend's managed service started with this call: people will answer."""
+
+    loop_arn: str
+    activation_reasons: tuple[str, ...] = ()
+    # The service's evaluation of its activation conditions, decoded (the raw text when it is
+    # not JSON; None when the service gave none).
+    conditions_evaluation: object = None
 
 
 @dataclass(frozen=True, slots=True)
 class ModerationResult:
     labels: list[Label]
     model_version: str | None
-    # Rekognition's HumanLoopActivationOutput when a human loop was requested (managed A2I).
-    human_loop: dict[str, Any] | None = None
+    managed_review: ManagedReview | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,19 +51,28 @@ class HumanLoopRequest:
 
 
 class ModerationBackend(Protocol):
-    """Backends raise InputError for problems with the image and BackendError for the rest.
+    """Backends raise InputError for problems with the image and BackendError for the rest."""
 
-    ``human_loop`` is honoured only by backends that can start managed reviews (Rekognition);
-    others ignore it and never return ``human_loop`` in their result.
-    """
+    @property
+    def max_concurrency(self) -> int | None:
+        """Calls the backend serves at once; callers keep at most this many in flight and wait
+        for a free slot beyond it. None: no limit of its own (a remote API behind the rate
+        limiter)."""
+        ...
 
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
 
-    async def moderate(
-        self,
-        image: S3Image | bytes,
-        min_confidence: float,
-        human_loop: HumanLoopRequest | None = None,
-    ) -> ModerationResult: ...
+    async def moderate(self, image: S3Image | bytes, min_confidence: float) -> ModerationResult: ...
+
+
+@runtime_checkable
+class ManagedReviewBackend(ModerationBackend, Protocol):
+    """A backend that can also start a managed human review in the moderation call itself."""
+
+    async def moderate_with_review(
+        self, image: S3Image | bytes, min_confidence: float, review: HumanLoopRequest
+    ) -> ModerationResult:
+        """Like ``moderate``; the result carries a :class:`ManagedReview` when one started."""
+        ...

@@ -9,9 +9,9 @@ Why it looks like this:
   only, 5 MiB inline / 15 MB from S3, each side 80-10,000 px), with the same reasons.
 * **Off the event loop, bounded.** Decoding, preprocessing and inference run in a fixed
   ThreadPoolExecutor; Pillow and onnxruntime release the GIL, so ``workers`` threads use
-  ``workers`` cores. At most ``workers + max_queue`` images are admitted; beyond that the call
-  fails fast with a *throttled* BackendError, exactly like Rekognition's ThrottlingException, so
-  the pipeline's adaptive limiter finds the model's real capacity instead of queueing unboundedly.
+  ``workers`` cores. The backend reports ``workers + max_queue`` as its ``max_concurrency``: the
+  pipeline keeps no more calls in flight and waits for a free slot beyond that, so intake pauses
+  at what the CPU can do instead of queueing without bound.
 * **Cheap decoding, bounded memory.** Dimensions are read from the header before the decoder
   allocates anything: pixel floods and zlib bombs over the pixel limit, and truncated data, are
   refused there. JPEGs are decoded straight at the reduced size the model needs (libjpeg DCT
@@ -51,7 +51,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin
 
-from service.backends.base import HumanLoopRequest, ModerationResult
+from service.backends.base import ModerationResult
 from service.errors import BackendError, ConfigError, InputError, Reason
 from service.images import (
     MAX_IMAGE_BYTES,
@@ -543,7 +543,6 @@ class LocalModelBackend:
         self._threads = threads_per_worker
         self._capacity = workers + max_queue
         self._max_pixels = max_image_pixels
-        self._admitted = 0
         self._models: list[_Model] = []
         self._pool: ThreadPoolExecutor | None = None
         self.model_version = "local:" + "+".join(version for _, version in self._files.values())
@@ -562,8 +561,8 @@ class LocalModelBackend:
         return self._workers * decode_memory_bound(self._max_pixels, draft_side, max_input)
 
     @property
-    def capacity(self) -> int:
-        """Images admitted at once (running + queued); more are refused as throttled."""
+    def max_concurrency(self) -> int:
+        """Images taken at once (running + queued for a worker); callers wait beyond that."""
         return self._capacity
 
     async def start(self) -> None:
@@ -602,34 +601,18 @@ class LocalModelBackend:
         if self._s3 is not None:
             await self._s3.close()
 
-    async def moderate(
-        self,
-        image: S3Image | bytes,
-        min_confidence: float,
-        human_loop: HumanLoopRequest | None = None,
-    ) -> ModerationResult:
-        """Labels for one image; ``human_loop`` is ignored (no managed review without AWS)."""
+    async def moderate(self, image: S3Image | bytes, min_confidence: float) -> ModerationResult:
+        """Labels for one image (no managed review: that needs AWS)."""
         pool = self._pool
         if pool is None:
             raise RuntimeError("LocalModelBackend.start() was not awaited")
-        if self._admitted >= self._capacity:
-            raise BackendError(
-                "LocalModelBusy",
-                f"{self._admitted} images in the local model's pool (capacity {self._capacity})",
-                retriable=True,
-                throttled=True,
-            )
-        self._admitted += 1
-        try:
-            if isinstance(image, S3Image):
-                data, max_bytes = await self._read_s3(image)
-            else:
-                data, max_bytes = image, MAX_IMAGE_BYTES
-            _check_bytes(data, max_bytes)
-            loop = asyncio.get_running_loop()
-            scores = await loop.run_in_executor(pool, self.analyse, data)
-        finally:
-            self._admitted -= 1
+        if isinstance(image, S3Image):
+            data, max_bytes = await self._read_s3(image)
+        else:
+            data, max_bytes = image, MAX_IMAGE_BYTES
+        _check_bytes(data, max_bytes)
+        loop = asyncio.get_running_loop()
+        scores = await loop.run_in_executor(pool, self.analyse, data)
         return ModerationResult(
             labels=rekognition_labels(scores, min_confidence), model_version=self.model_version
         )

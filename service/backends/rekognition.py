@@ -1,9 +1,10 @@
 """Amazon Rekognition DetectModerationLabels through aioboto3.
 
 This module is the one boundary where botocore's errors become ours: problems with the image are
-InputErrors (dead-lettered), throttling and server errors are retriable BackendErrors, and
-everything else (credentials, permissions, network) is a non-retriable BackendError that the
-pipeline treats as an outage to wait out, never as a reason to dead-letter good input.
+InputErrors (dead-lettered); throttling is Throttled, A2I's review quota HumanLoopQuotaExceeded;
+server errors, connection failures and timeouts are plain (retriable) BackendErrors; everything
+else (credentials, permissions, missing resources) is BackendUnavailable, an outage the pipeline
+waits out, never a reason to dead-letter good input.
 SDK-level retries are off: the pipeline's limiter must see every throttle to adapt.
 """
 
@@ -13,11 +14,19 @@ import contextlib
 from typing import Any
 
 import aioboto3
+import orjson
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
-from service.backends.base import HumanLoopRequest, ModerationResult
-from service.errors import BackendError, InputError, Reason
+from service.backends.base import HumanLoopRequest, ManagedReview, ModerationResult
+from service.errors import (
+    BackendError,
+    BackendUnavailable,
+    HumanLoopQuotaExceeded,
+    InputError,
+    Reason,
+    Throttled,
+)
 from service.messages import Label, S3Image
 from service.settings import BackendSettings
 
@@ -38,10 +47,12 @@ def translate_client_error(exc: ClientError) -> InputError | BackendError:
     if code in _IMAGE_ERRORS:
         return InputError(_IMAGE_ERRORS[code], f"Rekognition {code}: {message}")
     if code in _THROTTLING:
-        return BackendError(code, message, retriable=True, throttled=True)
+        return Throttled(code, message)
     if code == "HumanLoopQuotaExceededException":
-        return BackendError(code, message, retriable=True, human_loop_quota=True)
-    return BackendError(code, message, retriable=code in _RETRIABLE)
+        return HumanLoopQuotaExceeded(code, message)
+    if code in _RETRIABLE:
+        return BackendError(code, message)
+    return BackendUnavailable(code, message)
 
 
 def parse_labels(response: dict[str, Any]) -> list[Label]:
@@ -56,7 +67,36 @@ def parse_labels(response: dict[str, Any]) -> list[Label]:
     ]
 
 
+def parse_managed_review(response: dict[str, Any]) -> ManagedReview | None:
+    """The review A2I started with this call (HumanLoopActivationOutput), if any."""
+    output = response.get("HumanLoopActivationOutput") or {}
+    arn = output.get("HumanLoopArn")
+    if not arn:
+        return None
+    return ManagedReview(
+        loop_arn=str(arn),
+        activation_reasons=tuple(str(r) for r in output.get("HumanLoopActivationReasons", [])),
+        conditions_evaluation=_json_or_text(
+            output.get("HumanLoopActivationConditionsEvaluationResults")
+        ),
+    )
+
+
+def _json_or_text(value: object) -> object:
+    """Rekognition returns the evaluation results as a JSON string; keep them structured."""
+    if isinstance(value, str):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+    return value
+
+
 class RekognitionBackend:
+    """Moderation by Rekognition; can start managed A2I reviews in the same call."""
+
+    max_concurrency: int | None = None  # the rate limiter, not a pool, bounds a remote API
+
     def __init__(self, settings: BackendSettings) -> None:
         self._settings = settings
         self._exit_stack = contextlib.AsyncExitStack()
@@ -83,11 +123,16 @@ class RekognitionBackend:
         self._client = None
         await self._exit_stack.aclose()
 
-    async def moderate(
-        self,
-        image: S3Image | bytes,
-        min_confidence: float,
-        human_loop: HumanLoopRequest | None = None,
+    async def moderate(self, image: S3Image | bytes, min_confidence: float) -> ModerationResult:
+        return await self._detect(image, min_confidence, None)
+
+    async def moderate_with_review(
+        self, image: S3Image | bytes, min_confidence: float, review: HumanLoopRequest
+    ) -> ModerationResult:
+        return await self._detect(image, min_confidence, review)
+
+    async def _detect(
+        self, image: S3Image | bytes, min_confidence: float, review: HumanLoopRequest | None
     ) -> ModerationResult:
         if self._client is None:
             raise RuntimeError("RekognitionBackend.start() was not awaited")
@@ -99,8 +144,8 @@ class RekognitionBackend:
         else:
             request_image = {"Bytes": image}
         params: dict[str, Any] = {"Image": request_image, "MinConfidence": min_confidence}
-        if human_loop is not None:
-            params["HumanLoopConfig"] = human_loop.as_api()
+        if review is not None:
+            params["HumanLoopConfig"] = review.as_api()
         try:
             response = await self._client.detect_moderation_labels(**params)
         except ClientError as exc:
@@ -112,9 +157,9 @@ class RekognitionBackend:
             ) from exc
         except BotoCoreError as exc:
             # Connection failures, timeouts, credential problems: the backend, not the image.
-            raise BackendError(type(exc).__name__, str(exc), retriable=True) from exc
+            raise BackendError(type(exc).__name__, str(exc)) from exc
         return ModerationResult(
             labels=parse_labels(response),
             model_version=response.get("ModerationModelVersion"),
-            human_loop=response.get("HumanLoopActivationOutput"),
+            managed_review=parse_managed_review(response),
         )

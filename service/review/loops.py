@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from service.clock import iso_z
 from service.messages import ModerationRequest, describe_image
 
 MAX_LOOP_NAME = 63  # A2I: 1-63 characters, ^[a-z0-9](-*[a-z0-9])*$
@@ -30,7 +31,7 @@ def review_details(
     loop: str,
     mode: str,
     flow_definition_arn: str | None,
-    human_loop: dict[str, Any] | None,
+    human_loop_arn: str | None,
     activation_reasons: list[str],
     activation_results: Any,
     sla_s: float,
@@ -42,16 +43,12 @@ def review_details(
         "human_loop_name": loop,
         "mode": mode,  # "managed" (A2I) or "self_hosted" (our console)
         "flow_definition_arn": flow_definition_arn,
-        "human_loop_arn": (human_loop or {}).get("HumanLoopArn"),
+        "human_loop_arn": human_loop_arn,
         "activation_reasons": activation_reasons,
         "activation_results": activation_results,
-        "created_at": _iso(created),
-        "deadline": _iso(created + timedelta(seconds=sla_s)),
+        "created_at": iso_z(created),
+        "deadline": iso_z(created + timedelta(seconds=sla_s)),
     }
     if fallback_reason is not None:
         details["fallback_reason"] = fallback_reason
     return details
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

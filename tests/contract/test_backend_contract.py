@@ -17,7 +17,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from service.backends.base import HumanLoopRequest, ModerationBackend, ModerationResult
+from service.backends.base import (
+    HumanLoopRequest,
+    ManagedReviewBackend,
+    ModerationBackend,
+    ModerationResult,
+)
 from service.errors import InputError, Reason
 from service.messages import Label, S3Image
 from service.taxonomy import V7_LABELS
@@ -174,12 +179,12 @@ class TestBackendContract:
             expected = [item for item in everything.labels if item.confidence >= threshold]
             assert sorted(kept.labels, key=_key) == sorted(expected, key=_key)
 
-    async def test_model_version_and_no_human_loop(self, arm: Arm) -> None:
+    async def test_model_version_and_no_managed_review(self, arm: Arm) -> None:
         result = await arm.backend.moderate(SAFE_IMAGES["red"], 50.0)
         assert isinstance(result, ModerationResult)
         assert isinstance(result.model_version, str)
         assert result.model_version
-        assert result.human_loop is None
+        assert result.managed_review is None
 
     @pytest.mark.parametrize("kind", list(NOT_IMAGES), ids=list(NOT_IMAGES))
     async def test_non_image_bytes_are_an_invalid_image_format(self, arm: Arm, kind: str) -> None:
@@ -203,14 +208,18 @@ class TestBackendContract:
             await arm.backend.moderate(S3Image("no-such-bucket", "missing.jpg"), 50.0)
         assert caught.value.reason is Reason.INVALID_S3_OBJECT
 
-    async def test_human_loop_request_is_accepted(self, arm: Arm) -> None:
-        # Rekognition starts no loop for a clean image; the local backend ignores the request.
+    async def test_managed_review_is_a_capability(self, arm: Arm) -> None:
+        # Rekognition can start a loop (none for a clean image); the local backend cannot.
+        if not isinstance(arm.backend, ManagedReviewBackend):
+            assert arm.name == "local"
+            return
         loop = HumanLoopRequest(
             "contract-loop",
             "arn:aws:sagemaker:us-east-1:000000000000:flow-definition/moderation",
         )
-        result = await arm.backend.moderate(SAFE_IMAGES["red"], 50.0, loop)
+        result = await arm.backend.moderate_with_review(SAFE_IMAGES["red"], 50.0, loop)
         assert result.labels == []
+        assert result.managed_review is None
 
     async def test_concurrent_calls_agree_with_sequential_ones(self, arm: Arm) -> None:
         images = [*SAFE_IMAGES.values()] * 4

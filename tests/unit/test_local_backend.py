@@ -42,7 +42,7 @@ from service.backends.local import (
     rekognition_labels,
 )
 from service.embedded import free_port
-from service.errors import BackendError, ConfigError, InputError, Reason
+from service.errors import BackendError, ConfigError, InputError, Reason, Throttled
 from service.messages import Label, S3Image
 from service.taxonomy import V7_LABELS
 from tests.images import (
@@ -661,20 +661,31 @@ async def gated() -> AsyncIterator[tuple[LocalModelBackend, threading.Event]]:
         await started.close()
 
 
-async def test_a_full_pool_refuses_as_throttled(
+def test_max_concurrency_is_the_workers_and_their_queue() -> None:
+    assert LocalModelBackend(workers=3, max_queue=5).max_concurrency == 8
+
+
+async def test_calls_beyond_the_pool_wait_instead_of_failing(
     gated: tuple[LocalModelBackend, threading.Event],
 ) -> None:
     backend, gate = gated
     data = PHOTO_LIKE["text-card-png"]
-    admitted = [asyncio.create_task(backend.moderate(data, 50.0)) for _ in range(backend.capacity)]
-    await asyncio.sleep(0.05)
-    with pytest.raises(BackendError) as caught:
-        await backend.moderate(data, 50.0)
-    assert caught.value.throttled
-    assert caught.value.retriable
+    loop = asyncio.get_running_loop()
+    inside = asyncio.Event()
+    gated_analyse = backend.analyse
+
+    def analyse(data: bytes) -> dict[str, float]:
+        loop.call_soon_threadsafe(inside.set)
+        return gated_analyse(data)
+
+    backend.analyse = analyse  # type: ignore[method-assign]
+    calls = [
+        asyncio.create_task(backend.moderate(data, 50.0))
+        for _ in range(backend.max_concurrency + 2)
+    ]
+    await asyncio.wait_for(inside.wait(), 10)  # every call was handed to the pool by now
     gate.set()
-    assert all(result.labels == [] for result in await asyncio.gather(*admitted))
-    assert (await backend.moderate(data, 50.0)).labels == []  # capacity is back
+    assert all(result.labels == [] for result in await asyncio.gather(*calls))
 
 
 async def test_cancelled_calls_give_their_slot_back(
@@ -682,7 +693,9 @@ async def test_cancelled_calls_give_their_slot_back(
 ) -> None:
     backend, gate = gated
     data = PHOTO_LIKE["text-card-png"]
-    waiting = [asyncio.create_task(backend.moderate(data, 50.0)) for _ in range(backend.capacity)]
+    waiting = [
+        asyncio.create_task(backend.moderate(data, 50.0)) for _ in range(backend.max_concurrency)
+    ]
     await asyncio.sleep(0.05)
     for task in waiting:
         task.cancel()
@@ -822,7 +835,7 @@ async def test_s3_outage_is_a_retriable_backend_error() -> None:
         with pytest.raises(BackendError) as caught:
             await backend.moderate(S3Image(BUCKET, "landscape.jpg"), 50.0)
         assert caught.value.retriable
-        assert not caught.value.throttled
+        assert not isinstance(caught.value, Throttled)
     finally:
         await backend.close()
 

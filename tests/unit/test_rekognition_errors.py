@@ -1,4 +1,5 @@
-"""The botocore boundary: ClientError codes become InputError or BackendError; label parsing."""
+"""The botocore boundary: ClientError codes become InputError or a BackendError subclass a caller
+can act on; label and managed-review parsing."""
 
 from __future__ import annotations
 
@@ -7,8 +8,20 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from service.backends.rekognition import parse_labels, translate_client_error
-from service.errors import BackendError, InputError, Reason
+from service.backends.base import ManagedReview
+from service.backends.rekognition import (
+    parse_labels,
+    parse_managed_review,
+    translate_client_error,
+)
+from service.errors import (
+    BackendError,
+    BackendUnavailable,
+    HumanLoopQuotaExceeded,
+    InputError,
+    Reason,
+    Throttled,
+)
 from service.messages import Label
 
 
@@ -35,29 +48,28 @@ def test_image_problems_are_input_errors(code: str, reason: Reason) -> None:
 
 
 @pytest.mark.parametrize(
-    ("code", "retriable", "throttled"),
+    ("code", "kind", "retriable"),
     [
-        ("ThrottlingException", True, True),
-        ("ProvisionedThroughputExceededException", True, True),
-        ("InternalServerError", True, False),
-        ("ServiceUnavailableException", True, False),
-        ("ServiceUnavailable", True, False),
-        ("AccessDeniedException", False, False),
-        ("UnrecognizedClientException", False, False),
-        ("ExpiredTokenException", False, False),
-        ("ResourceNotFoundException", False, False),
-        ("HumanLoopQuotaExceededException", True, False),
-        ("SomethingNew", False, False),
+        ("ThrottlingException", Throttled, True),
+        ("ProvisionedThroughputExceededException", Throttled, True),
+        ("InternalServerError", BackendError, True),
+        ("ServiceUnavailableException", BackendError, True),
+        ("ServiceUnavailable", BackendError, True),
+        ("AccessDeniedException", BackendUnavailable, False),
+        ("UnrecognizedClientException", BackendUnavailable, False),
+        ("ExpiredTokenException", BackendUnavailable, False),
+        ("ResourceNotFoundException", BackendUnavailable, False),
+        ("HumanLoopQuotaExceededException", HumanLoopQuotaExceeded, True),
+        ("SomethingNew", BackendUnavailable, False),
     ],
 )
-def test_backend_problems_are_backend_errors(code: str, retriable: bool, throttled: bool) -> None:
+def test_backend_problems_are_backend_errors(
+    code: str, kind: type[BackendError], retriable: bool
+) -> None:
     error = translate_client_error(client_error(code, "try later"))
-    assert isinstance(error, BackendError)
-    assert not isinstance(error, InputError)
+    assert type(error) is kind
     assert error.code == code
     assert error.retriable is retriable
-    assert error.throttled is throttled
-    assert error.human_loop_quota is (code == "HumanLoopQuotaExceededException")
     assert str(error) == f"{code}: try later"
 
 
@@ -65,14 +77,11 @@ def test_backend_problems_are_backend_errors(code: str, retriable: bool, throttl
     "response",
     [{}, {"Error": {}}, {"Error": {"Message": "no code"}}],
 )
-def test_response_without_a_code_is_a_non_retriable_backend_error(
-    response: dict[str, Any],
-) -> None:
+def test_response_without_a_code_is_an_outage(response: dict[str, Any]) -> None:
     error = translate_client_error(ClientError(response, "DetectModerationLabels"))
-    assert isinstance(error, BackendError)
+    assert type(error) is BackendUnavailable
     assert error.code == "Unknown"
     assert error.retriable is False
-    assert error.throttled is False
 
 
 def test_codes_are_matched_exactly() -> None:
@@ -90,9 +99,40 @@ def test_translated_error_can_be_raised_from_the_original() -> None:
         except ClientError as exc:
             raise translate_client_error(exc) from exc
 
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(Throttled) as info:
         call()
     assert info.value.__cause__ is original
+
+
+def test_a_started_review_is_typed_and_its_evaluation_decoded() -> None:
+    response = {
+        "HumanLoopActivationOutput": {
+            "HumanLoopArn": "arn:aws:sagemaker:us-east-1:1:human-loop/m1",
+            "HumanLoopActivationReasons": ["ConditionsEvaluation"],
+            "HumanLoopActivationConditionsEvaluationResults": '{"Conditions": [true]}',
+        }
+    }
+    assert parse_managed_review(response) == ManagedReview(
+        loop_arn="arn:aws:sagemaker:us-east-1:1:human-loop/m1",
+        activation_reasons=("ConditionsEvaluation",),
+        conditions_evaluation={"Conditions": [True]},
+    )
+
+
+@pytest.mark.parametrize(
+    "response",
+    [{}, {"HumanLoopActivationOutput": {}}, {"HumanLoopActivationOutput": {"HumanLoopArn": ""}}],
+)
+def test_no_loop_arn_means_no_managed_review(response: dict[str, Any]) -> None:
+    assert parse_managed_review(response) is None
+
+
+def test_an_evaluation_that_is_not_json_is_kept_as_text() -> None:
+    output = {"HumanLoopArn": "arn:x", "HumanLoopActivationConditionsEvaluationResults": "{oops"}
+    review = parse_managed_review({"HumanLoopActivationOutput": output})
+    assert review is not None
+    assert review.conditions_evaluation == "{oops"
+    assert review.activation_reasons == ()
 
 
 def test_parse_labels() -> None:
