@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.console.users import hash_password
-from service.embedded import EmbeddedBroker, free_port
+from service.kafka.embedded import EmbeddedBroker, free_port
 from service.runner import ensure_topics
 from service.settings import Settings
 

@@ -21,6 +21,7 @@ from service.backends.base import HumanLoopRequest, ModerationBackend, Moderatio
 from service.capacity import ConcurrencyBudget
 from service.errors import BackendError, InputError, Reason, RecordRefused
 from service.fetch import ImageFetcher
+from service.kafka.publisher import SupportsPublish, publish_dead_letter
 from service.messages import (
     BytesImage,
     DeadLetter,
@@ -37,7 +38,6 @@ from service.messages import (
 )
 from service.metrics import Metrics
 from service.policy import RoutingPolicy
-from service.publisher import SupportsPublish, publish_dead_letter
 from service.ratelimit import AdaptiveRateLimiter
 from service.retry import CircuitBreaker, full_jitter
 from service.review.loops import loop_name, review_details

@@ -30,29 +30,29 @@ from service.backends.base import ModerationBackend
 from service.backends.rekognition import RekognitionBackend
 from service.capacity import ConcurrencyBudget
 from service.dlq_guard import DeadLetterGuard, outcome_of
-from service.embedded import EmbeddedBroker
 from service.errors import ConfigError, Reason
 from service.fetch import FetchPolicy, ImageFetcher
 from service.http_server import Health, HttpServer
 from service.kafka.client import kafka_client_options
+from service.kafka.embedded import EmbeddedBroker
 from service.kafka.group_recovery import release_departed_leader
+from service.kafka.offsets import OffsetTracker, Ticket
 from service.kafka.poison import PoisonSafeConsumer, Polled, UndecodableRecord
-from service.messages import Source
-from service.metrics import Metrics
-from service.offsets import OffsetTracker, Ticket
-from service.pipeline import InputRecord, Pipeline
-from service.policy import RoutingPolicy
-from service.publisher import Publisher
-from service.ratelimit import AdaptiveRateLimiter
-from service.retry import CircuitBreaker
-from service.settings import KafkaSettings, Settings
-from service.transactions import (
+from service.kafka.publisher import Publisher
+from service.kafka.transactions import (
     CURRENT,
     PROBE_TIMEOUT_S,
     BufferedSink,
     PendingOutputs,
     TransactionalCommitter,
 )
+from service.messages import Source
+from service.metrics import Metrics
+from service.pipeline import InputRecord, Pipeline
+from service.policy import RoutingPolicy
+from service.ratelimit import AdaptiveRateLimiter
+from service.retry import CircuitBreaker
+from service.settings import KafkaSettings, Settings
 
 log = logging.getLogger(__name__)
 
