@@ -22,8 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import CommitFailedError, KafkaError
 
 from service.activation import ActivationConditions, parse_conditions
 from service.backends.base import ModerationBackend
@@ -33,6 +32,7 @@ from service.dlq_guard import DeadLetterGuard, outcome_of
 from service.errors import ConfigError, Reason
 from service.fetch import FetchPolicy, ImageFetcher
 from service.http_server import Health, HttpServer
+from service.kafka.admin import ensure_topics
 from service.kafka.client import kafka_client_options
 from service.kafka.embedded import EmbeddedBroker
 from service.kafka.group_recovery import release_departed_leader
@@ -83,30 +83,6 @@ async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     return None
-
-
-async def ensure_topics(
-    kafka: KafkaSettings, bootstrap: str, partitions: int, extra_topics: tuple[str, ...] = ()
-) -> None:
-    """Create the service's topics when missing (embedded runs; real clusters manage their own)."""
-    admin = AIOKafkaAdminClient(**kafka_client_options(kafka, bootstrap))
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        names = [
-            *extra_topics,
-            kafka.input_topic,
-            kafka.approved_topic,
-            kafka.rejected_topic,
-            kafka.review_topic,
-            kafka.dlq_topic,
-        ]
-        missing = [NewTopic(name, partitions, 1) for name in names if name not in existing]
-        if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(missing)
-    finally:
-        await admin.close()
 
 
 def make_backend(settings: Settings) -> ModerationBackend:
