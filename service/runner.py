@@ -6,8 +6,9 @@ so the group never evicts us however long the backend stalls. Offsets are commit
 partition up to the contiguous prefix whose outputs the broker acknowledged
 (:mod:`service.kafka.offsets`).
 
-Shutdown order: stop intake, drain in-flight work until the grace deadline, cancel the rest
-(uncommitted, so redelivered), commit, leave the group, flush the producer, close the clients.
+Shutdown order: stop intake, drain in-flight work until the grace deadline
+(:mod:`service.grace`), cancel the rest (uncommitted, so redelivered), commit, leave the group,
+flush the producer, close the clients.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from service.capacity import ConcurrencyBudget
 from service.dlq_guard import DeadLetterGuard, outcome_of
 from service.errors import ConfigError, Reason
 from service.fetch import FetchPolicy, ImageFetcher
+from service.grace import GracePeriod
 from service.http_server import Health, HttpServer
 from service.kafka.admin import ensure_topics
 from service.kafka.consumer import GroupConsumer, GroupWatch
@@ -55,10 +57,7 @@ log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL_S = 1.0
 REVOKE_DRAIN_S = 10.0  # at most; and at most half the rebalance (= session) timeout
-CLOSE_TIMEOUT_S = 10.0  # one client's close, when no stop deadline is set (start-up failures)
-CLOSE_RESERVE_S = 3.0  # of the grace period, kept for the final commit and the closes
 COMMIT_TIMEOUT_S = 10.0  # a commit the coordinator does not answer is given up (redelivery)
-MIN_CLOSE_S = 0.1
 
 T = TypeVar("T")
 
@@ -144,7 +143,7 @@ class Runner:
         # exactly_once: outputs held per record, committed with the offsets per partition.
         self._committer: TransactionalCommitter | None = None
         self._last_commit = 0.0
-        self._deadline: float | None = None  # set when a stop is asked: monotonic time
+        self._grace = GracePeriod(settings.shutdown_grace_s)
         self._group = GroupWatch(settings.kafka, self.metrics)
         self.health.checks += [self._group.problem, self._guard_problem, self._stuck_problem]
         self.ready = asyncio.Event()
@@ -164,7 +163,7 @@ class Runner:
                 try:
                     await self._intake(consumer, pipeline, stop)
                 finally:
-                    await self._drain(self._drain_budget())
+                    await self._drain(self._grace.drain_budget())
                     await self._commit(force=True)
         finally:
             watch.cancel()
@@ -173,18 +172,7 @@ class Runner:
 
     async def _note_stop(self, stop: asyncio.Event) -> None:
         await stop.wait()
-        self._deadline = time.monotonic() + self._settings.shutdown_grace_s
-
-    def _remaining(self, default: float = CLOSE_TIMEOUT_S) -> float:
-        """Time left before the shutdown deadline (a fixed bound before any stop)."""
-        if self._deadline is None:
-            return default
-        return max(MIN_CLOSE_S, self._deadline - time.monotonic())
-
-    def _drain_budget(self) -> float:
-        """In-flight work gets the grace period less a reserve to commit and close in."""
-        grace = self._settings.shutdown_grace_s
-        return max(0.0, self._remaining(grace) - min(CLOSE_RESERVE_S, grace * 0.3))
+        self._grace.begin()
 
     def _closing(
         self, name: str, close: Callable[[], Awaitable[None]]
@@ -192,7 +180,7 @@ class Runner:
         """An exit-stack callback that closes one client within the time left, whatever it does."""
 
         async def bounded() -> None:
-            budget = self._remaining()
+            budget = self._grace.remaining()
             try:
                 await asyncio.wait_for(close(), budget)
             except TimeoutError:
@@ -311,7 +299,7 @@ class Runner:
 
     async def _close_transactions(self) -> None:
         if self._committer is not None:
-            await self._committer.close(self._remaining())
+            await self._committer.close(self._grace.remaining())
 
     async def _intake(
         self, consumer: GroupConsumer, pipeline: Pipeline, stop: asyncio.Event
@@ -396,7 +384,7 @@ class Runner:
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """exactly_once: open the partitions' producers (fencing old owners) before fetching."""
         if self._committer is not None:
-            await self._committer.assign(assigned, self._remaining(PROBE_TIMEOUT_S))
+            await self._committer.assign(assigned, self._grace.remaining(PROBE_TIMEOUT_S))
             consumer = self._consumer
             blocked = self._committer.blocked() & assigned
             if consumer is not None and blocked:
@@ -481,7 +469,7 @@ class Runner:
             await asyncio.gather(*pending, return_exceptions=True)
         await self._commit(force=True)
         if self._committer is not None:
-            await self._committer.revoke(revoked, self._remaining(REVOKE_DRAIN_S))
+            await self._committer.revoke(revoked, self._grace.remaining(REVOKE_DRAIN_S))
         self._tracker.revoke(revoked)
         if self._consumer is not None:
             self._consumer.forget(revoked)
@@ -517,7 +505,7 @@ class Runner:
         if self._committer is not None:
             # Even with nothing to commit: a partition fenced while the group kept it here has
             # no work to commit, and is reclaimed (or its producer reopened) only on this call.
-            result = await self._committer.commit(points, self._remaining(COMMIT_TIMEOUT_S))
+            result = await self._committer.commit(points, self._grace.remaining(COMMIT_TIMEOUT_S))
             self._tracker.mark_committed(result.committed)
             if result.fenced:
                 self._fenced(result.fenced)
@@ -526,7 +514,7 @@ class Runner:
             return
         try:
             await asyncio.wait_for(
-                self._consumer.client.commit(points), self._remaining(COMMIT_TIMEOUT_S)
+                self._consumer.client.commit(points), self._grace.remaining(COMMIT_TIMEOUT_S)
             )
         except (CommitFailedError, KafkaError, TimeoutError) as exc:
             log.warning("commit failed (%r); those records will be redelivered", exc)
