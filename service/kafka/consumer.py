@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -152,12 +152,15 @@ class GroupWatch:
     """How long the group has gone without a settled assignment: a metric, a health problem,
     one log line per episode, and an attempt to free a group wedged on a departed leader."""
 
-    def __init__(self, kafka: KafkaSettings, metrics: Metrics) -> None:
+    def __init__(
+        self, kafka: KafkaSettings, metrics: Metrics, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._kafka = kafka
         self._metrics = metrics
+        self._clock = clock
         self._bootstrap: str | None = None  # known once the clients are being opened
         # Since when the group has had no settled assignment (None: it has one); from start-up.
-        self._unsettled_since: float | None = time.monotonic()
+        self._unsettled_since: float | None = clock()
         metrics.group_unsettled.set_function(self.unsettled_s)
         metrics.group_stalled.set_function(lambda: float(self.problem() is not None))
 
@@ -171,12 +174,12 @@ class GroupWatch:
     def unsettled(self) -> None:
         """A rebalance begins: it should end soon."""
         if self._unsettled_since is None:
-            self._unsettled_since = time.monotonic()
+            self._unsettled_since = self._clock()
 
     def unsettled_s(self) -> float:
         """How long the group has been without a settled assignment (0 when it has one)."""
         since = self._unsettled_since
-        return 0.0 if since is None else time.monotonic() - since
+        return 0.0 if since is None else self._clock() - since
 
     def problem(self) -> str | None:
         unsettled = self.unsettled_s()
@@ -196,7 +199,7 @@ class GroupWatch:
             if problem is not None and not reported:
                 log.warning("%s; see docs/operations.md, ModerationGroupUnsettled", problem)
             reported = problem is not None
-            now = time.monotonic()
+            now = self._clock()
             if problem is not None and now - last_attempt >= stall_s and self._can_recover():
                 last_attempt = now
                 # Replicas stuck together should not all act at the same instant.
