@@ -1,6 +1,7 @@
 """Dependencies point down: the console and the local stack never load the pipeline's runner
-(nor, through it, the Rekognition backend). Each check imports in a fresh interpreter, so
-modules another test already loaded cannot hide an import."""
+(nor, through it, the Rekognition backend), and the Kafka parts load neither the runner nor the
+pipeline. Each check imports in a fresh interpreter, so modules another test already loaded
+cannot hide an import."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import pytest
 LAYERS = [
     ("service.console.app", ("service.runner", "service.backends.rekognition")),
     ("service.local_stack", ("service.runner", "service.backends.rekognition")),
-    ("service.kafka.admin", ("service.runner",)),
+    *(
+        (f"service.kafka.{module}", ("service.runner", "service.pipeline"))
+        for module in ("admin", "consumer", "offsets", "publisher", "transactions", "embedded")
+    ),
 ]
 
 
