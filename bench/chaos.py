@@ -42,7 +42,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.peers._common import SHUTDOWN_GRACE_S as PEER_GRACE_S
-from service.embedded import EmbeddedBroker, free_port
+from service.kafka.embedded import EmbeddedBroker, free_port
 from tests.images import BORDERLINE, EXPLICIT, MILD, b64, png
 from tests.kafka_helpers import Topics, create_topics, produce, request
 from tests.noida import noida_broker

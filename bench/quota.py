@@ -35,7 +35,7 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from service.embedded import EmbeddedBroker, free_port
+from service.kafka.embedded import EmbeddedBroker, free_port
 from tests.kafka_helpers import create_topics as create_topics_with
 from tests.processes import running_process
 

@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
             return asyncio.run(run_local_stack(settings, with_console=not args.no_console))
         elif args.command == "publish":
-            from service.publish import publish  # noqa: PLC0415
+            from service.submit import submit  # noqa: PLC0415
 
             return asyncio.run(
-                publish(settings, args.targets, final=args.final, timeout_s=args.timeout)
+                submit(settings, args.targets, final=args.final, timeout_s=args.timeout)
             )
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.console.users import hash_password
-from service.embedded import EmbeddedBroker, free_port
-from service.runner import ensure_topics
+from service.kafka.admin import ensure_topics
+from service.kafka.embedded import EmbeddedBroker, free_port
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

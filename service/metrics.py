@@ -29,7 +29,7 @@ _REVIEW_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0,
 
 class PublishMetrics:
     """What publishing records counts: the pipeline's and the console's intake both publish dead
-    letters through :class:`~service.publisher.Publisher`, so both export these."""
+    letters through :class:`~service.kafka.publisher.Publisher`, so both export these."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()

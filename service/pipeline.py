@@ -18,10 +18,10 @@ from service.backends.base import ModerationBackend
 from service.capacity import ConcurrencyBudget
 from service.clock import utc_now
 from service.errors import GaveUp, InputError, Reason, RecordRefused
+from service.kafka.publisher import SupportsPublish, publish_dead_letter
 from service.messages import DeadLetter, ModerationRequest, RawHeaders, Source, id_of_invalid
 from service.metrics import Metrics
 from service.policy import RoutingPolicy
-from service.publisher import SupportsPublish, publish_dead_letter
 from service.ratelimit import AdaptiveRateLimiter
 from service.retry import CircuitBreaker
 from service.review.loops import loop_name

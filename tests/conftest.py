@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from service.embedded import EmbeddedBroker, free_port
+from service.kafka.embedded import EmbeddedBroker, free_port
 from tests.fakes.rekognition import FakeRekognition
 from tests.kafka_helpers import Topics
 from tests.noida import noida_binary, noida_broker

@@ -28,7 +28,7 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from service.embedded import EmbeddedBroker
+from service.kafka.embedded import EmbeddedBroker
 from tests.fakes.rekognition import LABEL_MARKER, FakeRekognition
 from tests.kafka_helpers import create_topics as create_topics_with
 

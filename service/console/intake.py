@@ -32,8 +32,8 @@ from service.console.store import ConsoleStore, StoreError
 from service.errors import InputError, Reason
 from service.kafka.client import kafka_client_options
 from service.kafka.poison import Polled, UndecodableRecord, reader_for
+from service.kafka.publisher import Publisher, publish_dead_letter
 from service.messages import DeadLetter, Source, id_of_invalid
-from service.publisher import Publisher, publish_dead_letter
 from service.retry import full_jitter
 from service.review.records import ReviewRecord, parse_review_record, review_record_limit
 from service.settings import KafkaSettings

@@ -13,7 +13,7 @@ own assignor; one group cannot mix the two). Delivery is at least once; the rout
 idempotent per loop (a review record for a decided loop and a second completion are ignored).
 
 With exactly_once the consumer reads ``read_committed`` and each record's sends are held (the
-pipeline's :class:`~service.transactions.TransactionalCommitter`, through the same ``CURRENT``
+pipeline's :class:`~service.kafka.transactions.TransactionalCommitter`, through the same ``CURRENT``
 context): a batch's re-keyed commands and dead letters commit in one transaction per input
 partition with that partition's offsets, by a producer whose transactional id follows the
 partition, so a new owner fences the old one and aborts what it left open.
@@ -31,11 +31,11 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from service.errors import PublishError
 from service.kafka.poison import PoisonSafeConsumer, Polled, reader_for
+from service.kafka.transactions import CURRENT, TransactionalCommitter
 from service.messages import Source
 from service.pipeline import InputRecord
 from service.retry import full_jitter
 from service.settings import KafkaSettings
-from service.transactions import CURRENT, TransactionalCommitter
 
 log = logging.getLogger(__name__)
 

@@ -79,9 +79,16 @@ from service.errors import (
 )
 from service.http_server import Health, HttpServer
 from service.kafka.poison import Polled, UndecodableRecord
+from service.kafka.publisher import is_refusal, publish_dead_letter
+from service.kafka.transactions import (
+    CURRENT,
+    PROBE_TIMEOUT_S,
+    Output,
+    TransactionalCommitter,
+    probe_transactions,
+)
 from service.messages import DeadLetter, Headers, Source, output_headers, utc_now
 from service.metrics import Metrics
-from service.publisher import is_refusal, publish_dead_letter
 from service.retry import full_jitter
 from service.review.answers import check_origin, decide_from_output
 from service.review.events import parse_event
@@ -89,13 +96,6 @@ from service.review.intake import SinkIntake
 from service.review.records import parse_review_record, review_record_limit
 from service.review.store import OutputStore
 from service.settings import Settings
-from service.transactions import (
-    CURRENT,
-    PROBE_TIMEOUT_S,
-    Output,
-    TransactionalCommitter,
-    probe_transactions,
-)
 
 log = logging.getLogger(__name__)
 

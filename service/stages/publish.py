@@ -6,8 +6,8 @@ so the pipeline dead-letters the input instead.
 
 from __future__ import annotations
 
+from service.kafka.publisher import SupportsPublish
 from service.messages import ModerationRequest, RawHeaders, Source, output_headers, verdict_record
-from service.publisher import SupportsPublish
 from service.settings import KafkaSettings
 from service.stages.analyze import Analysis
 from service.stages.decide import Outcome

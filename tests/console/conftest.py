@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service.embedded import free_port
+from service.kafka.embedded import free_port
 
 
 def _postgres_bin() -> Path | None:

@@ -30,7 +30,7 @@ import aiohttp
 import orjson
 import pytest
 
-from service.embedded import free_port
+from service.kafka.embedded import free_port
 from tests.console.harness import PASSWORD, review_record, users_file
 from tests.kafka_helpers import Topics, collect, create_topics, produce
 from tests.processes import running_process

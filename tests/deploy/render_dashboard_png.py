@@ -21,7 +21,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from service.embedded import EmbeddedBroker
+from service.kafka.embedded import EmbeddedBroker
 from tests.deploy.observability import (
     ALERTS,
     REPO,

@@ -34,7 +34,7 @@ import orjson
 import pytest
 import yaml
 
-from service.embedded import free_port
+from service.kafka.embedded import free_port
 from service.review.events import parse_event
 from service.review.records import parse_review_record, review_record_limit
 from tests.console.harness import base_env

@@ -21,13 +21,13 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from service.errors import ConfigError
+from service.kafka.transactions import CURRENT, BufferedSink, TransactionalCommitter
 from service.messages import Source
 from service.metrics import Metrics
 from service.pipeline import InputRecord
 from service.policy import Thresholds, load_policy
 from service.runner import Runner
 from service.settings import Settings
-from service.transactions import CURRENT, BufferedSink, TransactionalCommitter
 from tests.fakes.rekognition import FakeRekognition
 from tests.images import BORDERLINE, EXPLICIT, b64, png
 from tests.integration.test_apache_kafka import docker_engine_available

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from service.embedded import free_port
+from service.kafka.embedded import free_port
 from tests.fakes.rekognition import FakeRekognition
 from tests.images import b64, png
 from tests.integration.test_pipeline import http_probes, make_settings, running, sample, schema

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord
 
-from service.embedded import free_port
+from service.kafka.embedded import free_port
 from service.review.events import completion_event
 from tests.integration.test_review_sink import (
     BUCKET,

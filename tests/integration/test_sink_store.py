@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.embedded import free_port
 from service.errors import BackendError, InputError, Reason
+from service.kafka.embedded import free_port
 from service.review.store import OutputStore
 
 

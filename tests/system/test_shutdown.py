@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from service.embedded import EmbeddedBroker
+from service.kafka.embedded import EmbeddedBroker
 from tests.group_wedge import broker_is_tansu, wedge
 from tests.kafka_helpers import Topics, create_topics
 from tests.processes import local_settings, process_env

@@ -41,8 +41,8 @@ from service.backends.local import (
     opennsfw_scores,
     rekognition_labels,
 )
-from service.embedded import free_port
 from service.errors import BackendError, ConfigError, InputError, Reason, Throttled
+from service.kafka.embedded import free_port
 from service.messages import Label, S3Image
 from service.taxonomy import V7_LABELS
 from tests.images import (

@@ -48,7 +48,7 @@ def bootstrap_of(settings: Settings) -> str:
     )
 
 
-async def publish(settings: Settings, targets: list[str], *, final: bool, timeout_s: float) -> int:
+async def submit(settings: Settings, targets: list[str], *, final: bool, timeout_s: float) -> int:
     bootstrap = bootstrap_of(settings)
     kafka = settings.kafka
     requests = {f"cli-{uuid.uuid4().hex[:12]}": target for target in targets}

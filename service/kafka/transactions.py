@@ -2,7 +2,7 @@
 
 Work still completes out of order, so outputs are *held* per input record (``PendingOutputs``,
 found through the record's task context) and only the records inside a partition's contiguous
-finished prefix (:class:`service.offsets.OffsetTracker`) go into a transaction, together with
+finished prefix (:class:`service.kafka.offsets.OffsetTracker`) go into a transaction, together with
 ``send_offsets_to_transaction`` for that prefix.
 
 Fencing without KIP-447: aiokafka 0.14 sends no consumer generation with the offsets, so the
@@ -37,9 +37,9 @@ from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 
 from service.errors import ConfigError, Reason
 from service.kafka.client import kafka_client_options
+from service.kafka.publisher import is_refusal
 from service.messages import DeadLetter, Headers, dead_letter_output
 from service.metrics import Metrics
-from service.publisher import is_refusal
 from service.settings import KafkaSettings
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from aiokafka import TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.offsets import OffsetTracker
+from service.kafka.offsets import OffsetTracker
 
 TP0 = TopicPartition("moderation.requests", 0)
 TP1 = TopicPartition("moderation.requests", 1)

@@ -19,9 +19,11 @@ from aiokafka import errors as kafka_errors
 from aiokafka.errors import KafkaError
 
 from service.errors import RecordRefused
+from service.kafka.client import kafka_client_options
 from service.messages import DeadLetter, Headers, dead_letter_output
 from service.metrics import PublishMetrics
 from service.retry import full_jitter
+from service.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,19 @@ class SupportsPublish(Protocol):
 
 def is_refusal(exc: BaseException) -> bool:
     return isinstance(exc, _REFUSALS)
+
+
+def producer_for(
+    kafka: KafkaSettings, bootstrap: str, *, max_request_size: int
+) -> AIOKafkaProducer:
+    """The at-least-once producer: every record acknowledged by all in-sync replicas."""
+    return AIOKafkaProducer(
+        **kafka_client_options(kafka, bootstrap),
+        acks="all",
+        enable_idempotence=kafka.enable_idempotence,
+        linger_ms=5,
+        max_request_size=max_request_size,
+    )
 
 
 class Publisher:
