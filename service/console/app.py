@@ -58,7 +58,8 @@ class Console:
         self.clock = clock
         self.metrics = ConsoleMetrics(registry)
         database = console.database
-        self.store = store or open_store(database.kind, path=database.path, dsn=database.dsn)
+        dsn = database.dsn.get_secret_value() if database.dsn else None
+        self.store = store or open_store(database.kind, path=database.path, dsn=dsn)
         review = settings.review
         self.writer = OutputWriter(
             console.output, region=settings.backend.region, s3_endpoint_url=review.s3_endpoint_url
