@@ -32,25 +32,12 @@ from service.environment import (
     EnvSettings,
     Flag,
     HttpUrl,
-    IpNetwork,
     Networks,
     Topic,
     load,
     variable,
 )
 from service.errors import ConfigError
-
-__all__ = [
-    "MIB",
-    "BackendSettings",
-    "FetchSettings",
-    "IpNetwork",
-    "KafkaSettings",
-    "LocalModelSettings",
-    "ReviewSettings",
-    "SafetySettings",
-    "Settings",
-]
 
 MIB = 1024 * 1024
 _GROUP_INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,249}")
