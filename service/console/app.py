@@ -63,7 +63,8 @@ class Console:
         self.metrics = ConsoleMetrics(registry)
         self.metrics.initialise()
         database = console.database
-        self.store = store or open_store(database.kind, path=database.path, dsn=database.dsn)
+        dsn = database.dsn.get_secret_value() if database.dsn else None
+        self.store = store or open_store(database.kind, path=database.path, dsn=dsn)
         review = settings.review
         self.writer = OutputWriter(
             console.output, region=settings.backend.region, s3_endpoint_url=review.s3_endpoint_url

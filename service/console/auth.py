@@ -83,7 +83,9 @@ class Auth:
 
     def _mac(self, purpose: str, value: str) -> str:
         digest = hmac.new(
-            self._settings.secret, f"{purpose}\0{value}".encode(), hashlib.sha256
+            self._settings.secret.get_secret_value().encode(),
+            f"{purpose}\0{value}".encode(),
+            hashlib.sha256,
         ).digest()
         return _b64(digest)
 

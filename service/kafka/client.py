@@ -17,7 +17,9 @@ def kafka_client_options(kafka: KafkaSettings, bootstrap: str) -> dict[str, obje
         options |= {
             "sasl_mechanism": kafka.sasl_mechanism,
             "sasl_plain_username": kafka.sasl_username,
-            "sasl_plain_password": kafka.sasl_password,
+            "sasl_plain_password": (
+                kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+            ),
         }
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
         options["ssl_context"] = create_ssl_context()

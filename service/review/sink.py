@@ -210,7 +210,7 @@ class CompletionSink:
         committer = None
         if self.exactly_once:
             committer = TransactionalCommitter(
-                replace(kafka, group_id=intake_group),
+                kafka.model_copy(update={"group_id": intake_group}),
                 bootstrap,
                 self.metrics,
                 max_request_size=self._max_review_bytes + _FORWARD_HEADROOM,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import traceback
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from service.console.settings import ConsoleSettings
 from service.console.users import load_users, main, verify_password
 from service.errors import ConfigError
+from service.logs import JsonFormatter
 from service.settings import Settings
 from tests.console.harness import SECRET, base_env
 
@@ -78,6 +81,45 @@ def test_bad_settings_name_their_variable(
         console_settings(base_env(tmp_path) | change)
     assert caught.value.variable == variable
     assert "short" not in caught.value.problem  # a secret is never echoed
+
+
+def test_secrets_stay_out_of_dumps_logs_and_error_traces(tmp_path: Path) -> None:
+    dsn = "postgresql://console:hunter2@db:5432/console"
+    settings = console_settings(base_env(tmp_path) | {"MODERATION_CONSOLE_DATABASE": dsn})
+    assert settings.secret.get_secret_value() == SECRET
+    assert settings.database.dsn is not None and settings.database.dsn.get_secret_value() == dsn
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "console %s", (settings,), None)
+    for text in (settings.model_dump_json(), str(settings.model_dump()), *formatted(record)):
+        assert SECRET not in text and "hunter2" not in text and "scrypt$" not in text
+    for change in (
+        {"MODERATION_CONSOLE_SECRET": "tooshort-s3cret"},
+        {"MODERATION_CONSOLE_DATABASE": "mysql://console:hunter2@db/console"},
+    ):
+        with pytest.raises(ConfigError) as caught:
+            console_settings(base_env(tmp_path) | change)
+        trace = "".join(traceback.format_exception(caught.value))  # with pydantic's cause
+        assert "tooshort-s3cret" not in trace and "hunter2" not in trace
+
+
+def formatted(record: logging.LogRecord) -> tuple[str, str]:
+    return JsonFormatter().format(record), logging.Formatter().format(record)
+
+
+def test_secret_from_a_file(tmp_path: Path) -> None:
+    env = base_env(tmp_path)
+    del env["MODERATION_CONSOLE_SECRET"]
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    env["MODERATION_CONSOLE_SECRET_FILE"] = str(secret_file)
+    assert console_settings(env).secret.get_secret_value() == SECRET
+    secret_file.write_text("tooshort-s3cret")
+    with pytest.raises(ConfigError) as caught:
+        console_settings(env)
+    assert caught.value.variable == "MODERATION_CONSOLE_SECRET_FILE"
+    assert "tooshort" not in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        console_settings(env | {"MODERATION_CONSOLE_SECRET": SECRET})
+    assert "not both" in caught.value.problem
 
 
 def test_users_file_errors_name_the_line_not_the_hash(tmp_path: Path) -> None:

@@ -20,6 +20,9 @@ import pytest
 import yaml
 from helm_python.errors import HelmValuesError
 
+from service.environment import environment_variables
+from service.settings import Settings
+
 helm = pytest.importorskip(
     "helm_python", reason="helm-python-sdk is not installed (pip install helm-python-sdk==0.2.2)"
 )
@@ -49,6 +52,7 @@ NOT_IN_CONFIGMAP = {
     "SINK_PRODUCER_MAX_BATCH_SIZE": "a test knob for the embedded broker",
     "MODERATION_LOCAL_MODEL_PATHS": "other model files need a custom image; set it via extraEnv",
     "KAFKA_GROUP_INSTANCE_ID": "set per pod from its name (kafka.staticMembership), not shared",
+    "MODERATION_SINK_DATA_DIR": "the default, /tmp/moderation-sink, is on the pod's /tmp emptyDir",
 }
 
 
@@ -380,14 +384,7 @@ def test_all_features_render_everything(chart: Any) -> None:
 def test_configmap_sets_every_variable_the_service_reads(chart: Any) -> None:
     """Both ways: nothing the chart sets is unknown to the service (a typo would be ignored
     silently), and every setting is configurable or deliberately left out (NOT_IN_CONFIGMAP)."""
-    source = (REPO / "service" / "settings.py").read_text()
-    read = set(
-        re.findall(
-            r"self\.(?:raw|text|number|integer|boolean|choice|topic|networks|parsed|instance_id|guarantee)\(\s*"
-            r"\"([A-Z][A-Z0-9_]+)\"",
-            source,
-        )
-    )
+    read = set(environment_variables(Settings))  # from the settings models themselves
     assert "KAFKA_BOOTSTRAP_SERVERS" in read
     assert "MODERATION_TPS" in read
     # Rekognition and the local model are alternatives: between them the CI values set all.
@@ -396,7 +393,7 @@ def test_configmap_sets_every_variable_the_service_reads(chart: Any) -> None:
     assert set(env) <= read, f"the chart sets variables the service ignores: {set(env) - read}"
     missing = read - set(env) - set(NOT_IN_CONFIGMAP)
     assert not missing, (
-        f"service/settings.py reads {sorted(missing)}: add chart values for them "
+        f"service.settings.Settings reads {sorted(missing)}: add chart values for them "
         "(values.yaml, values.schema.json, templates/configmap.yaml) or list them in "
         "NOT_IN_CONFIGMAP with the reason"
     )

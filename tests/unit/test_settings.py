@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 from pathlib import Path
 
 import pytest
 
 from service.errors import ConfigError
+from service.logs import JsonFormatter
 from service.settings import MIB, Settings
 
 BASE = {"AWS_REGION": "eu-west-1"}
@@ -311,10 +313,11 @@ def test_sasl_settings_are_read() -> None:
     assert settings.kafka.security_protocol == "SASL_SSL"
     assert settings.kafka.sasl_mechanism == "SCRAM-SHA-512"
     assert settings.kafka.sasl_username == "svc-moderation"
-    assert settings.kafka.sasl_password == "hunter2-s3cr3t"
+    assert settings.kafka.sasl_password is not None
+    assert settings.kafka.sasl_password.get_secret_value() == "hunter2-s3cr3t"
 
 
-def test_sasl_password_never_appears_in_repr() -> None:
+def test_sasl_password_never_appears_in_repr_dumps_or_logs() -> None:
     password = "hunter2-s3cr3t"
     settings = load(
         KAFKA_SECURITY_PROTOCOL="SASL_SSL",
@@ -322,10 +325,68 @@ def test_sasl_password_never_appears_in_repr() -> None:
         KAFKA_SASL_USERNAME="svc-moderation",
         KAFKA_SASL_PASSWORD=password,
     )
-    for text in (repr(settings), str(settings), repr(settings.kafka), f"{settings}"):
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "settings %s", (settings,), None)
+    logged = (JsonFormatter().format(record), logging.Formatter().format(record))
+    for text in (repr(settings), str(settings), repr(settings.kafka), f"{settings}", *logged):
         assert "svc-moderation" in text  # the repr is real, not blanked out entirely
         assert password not in text
         assert "sasl_password" not in text
+    assert password not in settings.model_dump_json()
+
+
+def test_only_the_given_mapping_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI passes os.environ; a test's own mapping must not pick up the process's."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "from-the-process:9092")
+    monkeypatch.setenv("MODERATION_TPS", "not a number")
+    monkeypatch.setenv("LOG_LEVEL", "DEBUG")
+    settings = Settings.from_env(BASE)
+    assert settings.log_level == "INFO"
+    assert settings.kafka.bootstrap_servers is None
+    assert settings.backend.tps == 5.0
+
+
+def test_a_range_error_names_both_ends() -> None:
+    assert config_error(MODERATION_TPS="-1").problem == "must be between 0.1 and 100000, got '-1'"
+
+
+def test_every_bad_variable_is_named_at_once() -> None:
+    error = config_error(MODERATION_TPS="x", LOG_LEVEL="LOUD", MODERATION_SINK_MAX_EARLY="0")
+    assert error.variable == "MODERATION_TPS"
+    assert "also invalid: LOG_LEVEL, MODERATION_SINK_MAX_EARLY" in error.problem
+
+
+def test_min_samples_must_fit_the_window() -> None:
+    error = config_error(MODERATION_DLQ_GUARD_WINDOW="50", MODERATION_DLQ_GUARD_MIN_SAMPLES="60")
+    assert error.variable == "MODERATION_DLQ_GUARD_MIN_SAMPLES"
+    assert load(MODERATION_DLQ_GUARD_WINDOW="50").safety.guard_min_samples == 50
+
+
+def test_local_model_variables_count_only_for_the_local_backend() -> None:
+    stray = {"MODERATION_LOCAL_MODELS": "clip", "MODERATION_LOCAL_WORKERS": "0"}
+    assert load(**stray).backend.kind == "rekognition"  # never stopped by them
+    env = {"MODERATION_BACKEND": "local", "MODERATION_LOCAL_WORKERS": "3"}
+    local = load(**env, MODERATION_LOCAL_MODEL_PATHS="opennsfw=/m/a.onnx").backend
+    assert local.local.workers == 3
+    assert local.local.model_paths == (("opennsfw", Path("/m/a.onnx")),)
+    assert local.tps == 150.0  # 50 per worker
+
+
+def test_activation_conditions_come_inline_or_from_a_file(tmp_path: Path) -> None:
+    conditions = tmp_path / "conditions.json"
+    conditions.write_text('{"Conditions": []}')
+    review = load(MODERATION_ACTIVATION_CONDITIONS_FILE=str(conditions)).review
+    assert review.activation_conditions == '{"Conditions": []}'
+    assert review.activation_source == f"MODERATION_ACTIVATION_CONDITIONS_FILE ({conditions})"
+    inline = load(MODERATION_ACTIVATION_CONDITIONS="{}").review
+    assert (inline.activation_conditions, inline.activation_source) == (
+        "{}",
+        "MODERATION_ACTIVATION_CONDITIONS",
+    )
+    both = {"MODERATION_ACTIVATION_CONDITIONS_FILE": str(conditions)}
+    error = config_error(**both, MODERATION_ACTIVATION_CONDITIONS="{}")
+    assert error.variable == "MODERATION_ACTIVATION_CONDITIONS_FILE"
+    missing = config_error(MODERATION_ACTIVATION_CONDITIONS_FILE=str(tmp_path / "none.json"))
+    assert missing.variable == "MODERATION_ACTIVATION_CONDITIONS_FILE"
 
 
 @pytest.mark.parametrize("topic", ["t\u00f3pico", "orders\u0663", "\uff4d\uff4f\uff44", ".", ".."])
