@@ -175,7 +175,7 @@ def request(request_id: str = "r1", image: dict[str, Any] | None = None) -> byte
 
 
 def with_review(settings: Settings, **changes: Any) -> Settings:
-    return dataclasses.replace(settings, review=dataclasses.replace(settings.review, **changes))
+    return settings.model_copy(update={"review": settings.review.model_copy(update=changes)})
 
 
 @pytest.mark.parametrize(
