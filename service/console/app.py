@@ -28,7 +28,7 @@ from service.console.images import ImageSource
 from service.console.intake import Intake
 from service.console.metrics import ConsoleMetrics
 from service.console.settings import ConsoleSettings
-from service.console.store import ConsoleStore, StoreError, open_store
+from service.console.storage import ConsoleStore, StoreError, open_store
 from service.console.web import ConsoleWeb, Readiness
 from service.errors import ConfigError
 from service.fetch import FetchPolicy

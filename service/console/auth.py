@@ -32,7 +32,7 @@ from aiohttp import web
 
 from service.console.metrics import ConsoleMetrics
 from service.console.settings import ConsoleSettings, is_trusted_proxy, valid_user_name
-from service.console.store import ConsoleStore, Session
+from service.console.storage import ConsoleStore, Session
 from service.console.users import hash_password, verify_password
 
 log = logging.getLogger(__name__)

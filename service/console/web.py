@@ -35,7 +35,7 @@ from service.console.delivery import Delivery
 from service.console.images import ImageSource, ImageUnavailable, image_kind
 from service.console.metrics import ConsoleMetrics
 from service.console.settings import ConsoleSettings
-from service.console.store import ConsoleStore, Decision, Item, StoreError
+from service.console.storage import ConsoleStore, Decision, Item, StoreError
 from service.fetch import redact_url
 from service.messages import S3Image, UrlImage
 from service.review.records import ReviewRecord

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from service.console.app import Console
-from service.console.store import ConsoleStore
+from service.console.storage import ConsoleStore
 from service.console.web import PUBLIC_PATHS
 from service.review.answers import TASK_KEY, decide_from_output
 from service.review.events import parse_event
