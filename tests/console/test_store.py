@@ -16,8 +16,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from service.console.storage import ConsoleStore, Item
+from service.console.storage import ConsoleStore, Item, StoreError
 from service.console.storage.database import Database
+from service.embedded import free_port
 from tests.console.conftest import new_database
 
 NOW = 1_800_000_000.0
@@ -294,3 +295,17 @@ async def test_a_literal_question_mark_in_a_statement_is_left_alone(
                 assert has is True and has_all is True
     finally:
         await database.close()
+
+
+async def test_an_unreachable_or_missing_postgresql_fails_to_open_with_a_store_error(
+    postgres_server: str,
+) -> None:
+    for dsn, why in (
+        (f"postgresql://console@127.0.0.1:{free_port()}/db", "postgresql: ConnectionRefusedError"),
+        (f"{postgres_server}/no_such_database", "postgresql: InvalidCatalogNameError"),
+    ):
+        store = ConsoleStore.postgresql(dsn)
+        with pytest.raises(StoreError, match=why):
+            await store.open()
+        with pytest.raises(StoreError, match="not open"):
+            await store.ping()

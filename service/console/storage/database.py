@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,11 @@ class StoreError(ServiceError):
     retriable = True
 
 
+# What a database failure can surface as: SQLAlchemy wraps the drivers' errors while executing;
+# the WAL switch (sqlite3's errors) and connecting (OSError, a timeout) reach us unwrapped.
+_DRIVER_ERRORS = (sa.exc.SQLAlchemyError, sqlite3.Error, OSError, TimeoutError)
+
+
 def _asyncpg() -> Any:
     """asyncpg, imported only for a postgresql:// store (an optional dependency, untyped)."""
     try:
@@ -59,12 +65,10 @@ class Database:
         kind: Kind,
         make_engine: Callable[[], AsyncEngine],
         *,
-        errors: tuple[type[Exception], ...],
         prepare: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.kind: Kind = kind
         self._make_engine = make_engine
-        self._errors: tuple[type[Exception], ...] = (sa.exc.SQLAlchemyError, OSError, *errors)
         self._prepare = prepare  # what the database needs before the engine connects
         self._engine: AsyncEngine | None = None
         # SQLite: this process's transactions queue here rather than in SQLite's busy handler.
@@ -74,21 +78,11 @@ class Database:
 
     @classmethod
     def sqlite(cls, path: Path) -> Database:
-        return cls(
-            "sqlite",
-            lambda: _sqlite_engine(path),
-            errors=(aiosqlite.Error,),
-            prepare=lambda: _use_wal(path),
-        )
+        return cls("sqlite", lambda: _sqlite_engine(path), prepare=lambda: _use_wal(path))
 
     @classmethod
     def postgresql(cls, dsn: str) -> Database:
-        asyncpg = _asyncpg()
-        return cls(
-            "postgresql",
-            lambda: _postgres_engine(asyncpg, dsn),
-            errors=(TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError),
-        )
+        return cls("postgresql", lambda: _postgres_engine(dsn))
 
     async def open(self) -> None:
         if self._engine is not None:
@@ -97,7 +91,7 @@ class Database:
             if self._prepare is not None:
                 await self._prepare()
             engine = self._make_engine()
-        except self._errors as exc:
+        except _DRIVER_ERRORS as exc:
             raise self._error(exc) from exc
         self._engine = engine
 
@@ -116,7 +110,7 @@ class Database:
             try:
                 async with engine.begin() as conn:
                     yield conn
-            except self._errors as exc:
+            except _DRIVER_ERRORS as exc:
                 raise self._error(exc) from exc
 
     def insert(self, table: sa.Table) -> Upsert:
@@ -178,9 +172,15 @@ def _sqlite_engine(path: Path) -> AsyncEngine:
     return engine
 
 
-def _postgres_engine(asyncpg: Any, dsn: str) -> AsyncEngine:
+def _postgres_engine(dsn: str) -> AsyncEngine:
+    asyncpg = _asyncpg()
+
     async def connect() -> Any:
-        return await asyncpg.connect(dsn, command_timeout=POSTGRES_COMMAND_TIMEOUT_S)
+        try:
+            return await asyncpg.connect(dsn, command_timeout=POSTGRES_COMMAND_TIMEOUT_S)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # SQLAlchemy wraps
+            # what the driver raises while executing, not while connecting.
+            raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from exc
 
     return create_async_engine(
         "postgresql+asyncpg://",
