@@ -25,6 +25,7 @@ from typing import Any, Literal
 import aiosqlite
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import AdaptedConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from service.errors import ServiceError
@@ -44,9 +45,18 @@ class StoreError(ServiceError):
     retriable = True
 
 
-# What a database failure can surface as: SQLAlchemy wraps the drivers' errors while executing;
-# the WAL switch (sqlite3's errors) and connecting (OSError, a timeout) reach us unwrapped.
-_DRIVER_ERRORS = (sa.exc.SQLAlchemyError, sqlite3.Error, OSError, TimeoutError)
+# What a database failure can surface as: SQLAlchemy wraps the drivers' errors while executing
+# (DBAPIError) and times out waiting for a pooled connection; the WAL switch (sqlite3's errors)
+# and connecting (OSError, a timeout) reach us unwrapped. SQLAlchemy's other errors are bugs in
+# a statement, not an outage: they stay what they are.
+_DRIVER_ERRORS = (
+    sa.exc.DBAPIError,
+    sa.exc.TimeoutError,
+    sa.exc.DisconnectionError,
+    sqlite3.Error,
+    OSError,
+    TimeoutError,
+)
 
 
 def _asyncpg() -> Any:
@@ -153,6 +163,7 @@ def _sqlite_engine(path: Path) -> AsyncEngine:
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S},
         pool_size=1,
         max_overflow=0,
+        pool_reset_on_return=None,  # every transaction already ended in a commit or rollback
         hide_parameters=True,
     )
 
@@ -167,7 +178,10 @@ def _sqlite_engine(path: Path) -> AsyncEngine:
 
     @sa.event.listens_for(engine.sync_engine, "begin")
     def on_begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Straight to aiosqlite: one trip to its thread instead of a cursor's three.
+        driver = conn.connection.dbapi_connection
+        assert isinstance(driver, AdaptedConnection)
+        driver.run_async(lambda sqlite_conn: sqlite_conn.execute("BEGIN IMMEDIATE"))
 
     return engine
 

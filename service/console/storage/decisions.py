@@ -87,15 +87,35 @@ def _decision(row: Sequence[Any]) -> Decision:
     )
 
 
+_LOOP = sa.bindparam("loop", type_=sa.Text)
+_SELECT = sa.select(*_COLUMNS).where(decisions.c.loop_name == _LOOP)
+_INSERT = sa.insert(decisions)
+_COUNT_UNPUBLISHED = (
+    sa.select(sa.func.count()).select_from(decisions).where(decisions.c.published_at.is_(None))
+)
+_MARK_PUBLISHED = (
+    sa.update(decisions)
+    .where(decisions.c.loop_name == _LOOP, decisions.c.published_at.is_(None))
+    .values(published_at=sa.bindparam("now", type_=sa.DOUBLE_PRECISION))
+)
+_UNPUBLISHED = (
+    sa.select(*_COLUMNS)
+    .where(
+        decisions.c.published_at.is_(None),
+        decisions.c.submitted_at < sa.bindparam("before", type_=sa.DOUBLE_PRECISION),
+    )
+    .order_by(decisions.c.submitted_at)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+
+
 async def _select(conn: AsyncConnection, loop_name: str) -> Decision | None:
-    query = sa.select(*_COLUMNS).where(decisions.c.loop_name == loop_name)
-    row = (await conn.execute(query)).first()
+    row = (await conn.execute(_SELECT, {"loop": loop_name})).first()
     return _decision(row) if row is not None else None
 
 
 async def count_unpublished(conn: AsyncConnection) -> int:
-    query = sa.select(sa.func.count()).select_from(decisions)
-    return int((await conn.execute(query.where(decisions.c.published_at.is_(None)))).scalar_one())
+    return int((await conn.execute(_COUNT_UNPUBLISHED)).scalar_one())
 
 
 class Decisions:
@@ -137,20 +157,19 @@ class Decisions:
                 )
             accepted = item.claimed_at if item.claimed_at is not None else now
             uri, output, event = build(item, accepted)
-            await conn.execute(
-                sa.insert(decisions).values(
-                    loop_name=loop_name,
-                    request_id=item.request_id,
-                    reviewer=user,
-                    labels=orjson.dumps(labels).decode(),
-                    accepted_at=float(accepted),
-                    submitted_at=float(now),
-                    output_uri=uri,
-                    output=output.decode(),
-                    event=event.decode(),
-                    published_at=None,
-                )
-            )
+            row = {
+                "loop_name": loop_name,
+                "request_id": item.request_id,
+                "reviewer": user,
+                "labels": orjson.dumps(labels).decode(),
+                "accepted_at": float(accepted),
+                "submitted_at": float(now),
+                "output_uri": uri,
+                "output": output.decode(),
+                "event": event.decode(),
+                "published_at": None,
+            }
+            await conn.execute(_INSERT, row)
             await mark_decided(conn, loop_name)
             decision = await _select(conn, loop_name)
         return DecideResult("decided", decision)
@@ -160,23 +179,13 @@ class Decisions:
             return await _select(conn, loop_name)
 
     async def mark_published(self, loop_name: str, now: float) -> None:
-        statement = (
-            sa.update(decisions)
-            .where(decisions.c.loop_name == loop_name, decisions.c.published_at.is_(None))
-            .values(published_at=float(now))
-        )
         async with self._db.transaction() as conn:
-            await conn.execute(statement)
+            await conn.execute(_MARK_PUBLISHED, {"loop": loop_name, "now": float(now)})
 
     async def unpublished(self, submitted_before: float, limit: int = 100) -> list[Decision]:
-        query = (
-            sa.select(*_COLUMNS)
-            .where(decisions.c.published_at.is_(None), decisions.c.submitted_at < submitted_before)
-            .order_by(decisions.c.submitted_at)
-            .limit(int(limit))
-        )
+        params = {"before": float(submitted_before), "limit": int(limit)}
         async with self._db.transaction() as conn:
-            rows = (await conn.execute(query)).all()
+            rows = (await conn.execute(_UNPUBLISHED, params)).all()
         return [_decision(row) for row in rows]
 
     async def history(

@@ -113,54 +113,110 @@ def _item(row: Sequence[Any]) -> Item:
     )
 
 
-def _free(now: float) -> sa.ColumnElement[bool]:
-    """Anyone may claim the item: waiting, before its deadline, unclaimed or its claim run out."""
-    return sa.and_(
-        items.c.status == PENDING,
-        items.c.deadline > now,
-        sa.or_(items.c.claimed_by.is_(None), items.c.claim_expires <= now),
-    )
+# Statements are built once, with named parameters, so SQLAlchemy compiles each one once.
+_NOW = sa.bindparam("now", type_=sa.DOUBLE_PRECISION)
+_LOOP = sa.bindparam("loop", type_=sa.Text)
+_USER = sa.bindparam("user", type_=sa.Text)
 
-
+# Anyone may claim the item: waiting, before its deadline, unclaimed or its claim run out.
+_FREE = sa.and_(
+    items.c.status == PENDING,
+    items.c.deadline > _NOW,
+    sa.or_(items.c.claimed_by.is_(None), items.c.claim_expires <= _NOW),
+)
 _UNCLAIMED = {"claimed_by": None, "claimed_at": None, "claim_expires": None}
+
+_SELECT = sa.select(*_COLUMNS).where(items.c.loop_name == _LOOP)
+_SELECT_FOR_UPDATE = _SELECT.with_for_update()
+_MARK_DECIDED = (
+    sa.update(items).where(items.c.loop_name == _LOOP).values(status=DECIDED, claim_expires=None)
+)
+
+
+def _count(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
+    return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
+
+
+_COUNTS = sa.select(
+    _count(items.c.deadline > _NOW),
+    _count(items.c.deadline <= _NOW),
+    _count(
+        sa.and_(
+            items.c.deadline > _NOW,
+            items.c.claimed_by.is_not(None),
+            items.c.claim_expires > _NOW,
+        )
+    ),
+).where(items.c.status == PENDING)
+_QUEUE = (
+    sa.select(*_COLUMNS)
+    .where(items.c.status == PENDING, items.c.deadline > _NOW)
+    .order_by(items.c.deadline, items.c.loop_name)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+_CLAIM = (
+    sa.update(items)
+    .where(
+        items.c.loop_name == _LOOP,
+        items.c.status == PENDING,
+        items.c.deadline > _NOW,
+        sa.or_(
+            items.c.claimed_by.is_(None),
+            items.c.claimed_by == _USER,
+            items.c.claim_expires <= _NOW,
+        ),
+    )
+    .values(
+        claimed_by=_USER,
+        claimed_at=sa.case((items.c.claimed_by == _USER, items.c.claimed_at), else_=_NOW),
+        claim_expires=sa.bindparam("expires", type_=sa.DOUBLE_PRECISION),
+    )
+)
+_SKIP = items.c.loop_name != sa.bindparam("skip", type_=sa.Text)
+_PICK_NEXT = (
+    sa.select(items.c.loop_name)
+    .where(_FREE, _SKIP)
+    .order_by(items.c.deadline, items.c.loop_name)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+    .scalar_subquery()
+)
+_CLAIM_NEXT = (
+    sa.update(items)
+    .where(items.c.loop_name == _PICK_NEXT, _FREE)
+    .values(
+        claimed_by=_USER,
+        claimed_at=_NOW,
+        claim_expires=sa.bindparam("expires", type_=sa.DOUBLE_PRECISION),
+    )
+    .returning(*_COLUMNS)
+)
+_COUNT_FREE = sa.select(sa.func.count()).select_from(items).where(_FREE, _SKIP)
+_RELEASE = (
+    sa.update(items)
+    .where(items.c.loop_name == _LOOP, items.c.claimed_by == _USER, items.c.status == PENDING)
+    .values(_UNCLAIMED)
+)
+_RELEASE_OTHERS = (
+    sa.update(items)
+    .where(items.c.claimed_by == _USER, items.c.loop_name != _LOOP, items.c.status == PENDING)
+    .values(_UNCLAIMED)
+)
 
 
 async def select_item(conn: AsyncConnection, loop_name: str, *, lock: bool = False) -> Item | None:
     """The item in this transaction; ``lock``: hold its row until the transaction ends."""
-    query = sa.select(*_COLUMNS).where(items.c.loop_name == loop_name)
-    if lock:
-        query = query.with_for_update()
-    row = (await conn.execute(query)).first()
+    query = _SELECT_FOR_UPDATE if lock else _SELECT
+    row = (await conn.execute(query, {"loop": loop_name})).first()
     return _item(row) if row is not None else None
 
 
 async def mark_decided(conn: AsyncConnection, loop_name: str) -> None:
-    await conn.execute(
-        sa.update(items)
-        .where(items.c.loop_name == loop_name)
-        .values(status=DECIDED, claim_expires=None)
-    )
+    await conn.execute(_MARK_DECIDED, {"loop": loop_name})
 
 
 async def queue_counts(conn: AsyncConnection, now: float) -> QueueCounts:
-    def count(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
-        return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
-
-    row = (
-        await conn.execute(
-            sa.select(
-                count(items.c.deadline > now),
-                count(items.c.deadline <= now),
-                count(
-                    sa.and_(
-                        items.c.deadline > now,
-                        items.c.claimed_by.is_not(None),
-                        items.c.claim_expires > now,
-                    )
-                ),
-            ).where(items.c.status == PENDING)
-        )
-    ).one()
+    row = (await conn.execute(_COUNTS, {"now": float(now)})).one()
     return QueueCounts(int(row[0]), int(row[1]), int(row[2]))
 
 
@@ -169,6 +225,19 @@ class Items:
 
     def __init__(self, database: Database) -> None:
         self._db = database
+        insert = database.insert(items)
+        new = insert.excluded
+        # A redelivery (same ``requeued``) changes nothing; a decided item is never reopened.
+        self._upsert = insert.on_conflict_do_update(
+            index_elements=[items.c.loop_name],
+            set_={
+                "record": new.record,
+                "created_at": new.created_at,
+                "deadline": new.deadline,
+                "requeued": new.requeued,
+            },
+            where=sa.and_(items.c.status == PENDING, new.requeued > items.c.requeued),
+        )
 
     async def upsert(
         self,
@@ -185,40 +254,23 @@ class Items:
 
         A decided item is never reopened: its completion event is already on its way to the sink.
         """
-        insert = self._db.insert(items).values(
-            loop_name=loop_name,
-            request_id=nul_free(request_id),
-            record=record.decode(),
-            created_at=float(created_at),
-            deadline=float(deadline),
-            requeued=int(requeued),
-            received_at=float(now),
-            status=PENDING,
-        )
-        new = insert.excluded
-        statement = insert.on_conflict_do_update(
-            index_elements=[items.c.loop_name],
-            set_={
-                "record": new.record,
-                "created_at": new.created_at,
-                "deadline": new.deadline,
-                "requeued": new.requeued,
-            },
-            where=sa.and_(items.c.status == PENDING, new.requeued > items.c.requeued),
-        )
+        row = {
+            "loop_name": loop_name,
+            "request_id": nul_free(request_id),
+            "record": record.decode(),
+            "created_at": float(created_at),
+            "deadline": float(deadline),
+            "requeued": int(requeued),
+            "received_at": float(now),
+            "status": PENDING,
+        }
         async with self._db.transaction() as conn:
-            changed = (await conn.execute(statement)).rowcount
+            changed = (await conn.execute(self._upsert, row)).rowcount
         return changed > 0
 
     async def queue(self, now: float, limit: int = 200) -> list[Item]:
-        query = (
-            sa.select(*_COLUMNS)
-            .where(items.c.status == PENDING, items.c.deadline > now)
-            .order_by(items.c.deadline, items.c.loop_name)
-            .limit(int(limit))
-        )
         async with self._db.transaction() as conn:
-            rows = (await conn.execute(query)).all()
+            rows = (await conn.execute(_QUEUE, {"now": float(now), "limit": int(limit)})).all()
         return [_item(row) for row in rows]
 
     async def get(self, loop_name: str) -> Item | None:
@@ -227,30 +279,16 @@ class Items:
 
     async def claim(self, loop_name: str, user: str, now: float, ttl_s: float) -> ClaimResult:
         """Claim one item, or renew one's own claim; releases the reviewer's other claims."""
-        statement = (
-            sa.update(items)
-            .where(
-                items.c.loop_name == loop_name,
-                items.c.status == PENDING,
-                items.c.deadline > now,
-                sa.or_(
-                    items.c.claimed_by.is_(None),
-                    items.c.claimed_by == user,
-                    items.c.claim_expires <= now,
-                ),
-            )
-            .values(
-                claimed_by=user,
-                claimed_at=sa.case(
-                    (items.c.claimed_by == user, items.c.claimed_at), else_=float(now)
-                ),
-                claim_expires=float(now + ttl_s),
-            )
-        )
+        params = {
+            "loop": loop_name,
+            "user": user,
+            "now": float(now),
+            "expires": float(now + ttl_s),
+        }
         async with self._db.transaction() as conn:
-            won = (await conn.execute(statement)).rowcount > 0
+            won = (await conn.execute(_CLAIM, params)).rowcount > 0
             if won:
-                await _release_others(conn, user, keep=loop_name)
+                await conn.execute(_RELEASE_OTHERS, {"user": user, "loop": loop_name})
             item = await select_item(conn, loop_name)
         if won:
             return ClaimResult("claimed", item)
@@ -263,55 +301,25 @@ class Items:
         self, user: str, now: float, ttl_s: float, *, skip: str | None = None
     ) -> Item | None:
         """Claim the free item with the nearest deadline (other than ``skip``), if any."""
-        others = items.c.loop_name != (skip or "")
-        pick = (
-            sa.select(items.c.loop_name)
-            .where(_free(now), others)
-            .order_by(items.c.deadline, items.c.loop_name)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-        statement = (
-            sa.update(items)
-            .where(items.c.loop_name == pick, _free(now))
-            .values(claimed_by=user, claimed_at=float(now), claim_expires=float(now + ttl_s))
-            .returning(*_COLUMNS)
-        )
-        left = sa.select(sa.func.count()).select_from(items).where(_free(now), others)
+        params = {
+            "user": user,
+            "now": float(now),
+            "expires": float(now + ttl_s),
+            "skip": skip or "",
+        }
         for _ in range(CLAIM_NEXT_ATTEMPTS):
             async with self._db.transaction() as conn:
-                row = (await conn.execute(statement)).first()
+                row = (await conn.execute(_CLAIM_NEXT, params)).first()
                 if row is not None:
                     item = _item(row)
-                    await _release_others(conn, user, keep=item.loop_name)
+                    await conn.execute(_RELEASE_OTHERS, {"user": user, "loop": item.loop_name})
                     return item
-                free = (await conn.execute(left)).scalar_one()
+                free = (await conn.execute(_COUNT_FREE, params)).scalar_one()
             if not free:
                 return None
         return None
 
     async def release(self, loop_name: str, user: str) -> bool:
-        statement = (
-            sa.update(items)
-            .where(
-                items.c.loop_name == loop_name,
-                items.c.claimed_by == user,
-                items.c.status == PENDING,
-            )
-            .values(_UNCLAIMED)
-        )
         async with self._db.transaction() as conn:
-            return (await conn.execute(statement)).rowcount > 0
-
-
-async def _release_others(conn: AsyncConnection, user: str, *, keep: str) -> None:
-    await conn.execute(
-        sa.update(items)
-        .where(
-            items.c.claimed_by == user,
-            items.c.loop_name != keep,
-            items.c.status == PENDING,
-        )
-        .values(_UNCLAIMED)
-    )
+            result = await conn.execute(_RELEASE, {"loop": loop_name, "user": user})
+        return result.rowcount > 0
