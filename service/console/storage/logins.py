@@ -57,7 +57,7 @@ class LoginAttempts:
         number in the run.
         """
         lock_until = float(now + lockout_s)
-        first = {
+        params = {
             "username": nul_free(username),
             "failures": 1,
             "locked_until": lock_until if max_failures <= 1 else 0.0,
@@ -68,7 +68,7 @@ class LoginAttempts:
         }
         async with self._db.transaction() as conn:
             await conn.execute(_FORGET, {"forget_before": float(now - forget_s), "now": float(now)})
-            row = (await conn.execute(self._reserve, first)).first()
+            row = (await conn.execute(self._reserve, params)).first()
         return int(row[0]) if row is not None else None
 
     async def clear(self, username: str) -> None:
