@@ -30,7 +30,7 @@ import orjson
 from botocore.exceptions import BotoCoreError, ClientError
 
 from service.console.settings import FlowDefinition, OutputLocation, parse_flow_definition
-from service.console.store import Item
+from service.console.storage import Item
 from service.errors import ConfigError, ServiceError
 from service.messages import S3Image, UrlImage
 from service.review.answers import TASK_KEY

@@ -33,7 +33,7 @@ from service.console.probes import Probes, Readiness
 from service.console.review_tasks import ReviewTasks
 from service.console.routes import application
 from service.console.settings import ConsoleSettings
-from service.console.store import ConsoleStore, StoreError, open_store
+from service.console.storage import ConsoleStore, StoreError, open_store
 from service.errors import ConfigError
 from service.fetch import FetchPolicy
 from service.retry import full_jitter

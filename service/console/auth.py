@@ -9,9 +9,13 @@
   (form field ``csrf_token`` or header ``X-CSRF-Token``). The login form, which has no session
   yet, uses a signed one-off token in a short-lived cookie (double submit).
 * **Passwords**: scrypt hashes from the users file, checked in a worker thread; an unknown user
-  costs the same as a wrong password; five attempts in a row that were not right lock the name
-  out for a while, on every replica (the attempt is reserved in the shared store before the
-  password is checked, so a burst of logins cannot all be checked).
+  costs the same as a wrong password.
+* **Lockout**: per user name, counted in the database (``console_login_failures``), not in this
+  process, so every replica sees the same run: the ``MAX_FAILURES``-th attempt in a row that was
+  not right locks the name everywhere for ``LOCKOUT_S``. Each attempt is reserved in the database
+  before its password is checked, so a burst of logins, at one replica or spread over several,
+  gets at most ``MAX_FAILURES`` checks. A name no account can have is not counted (nothing to
+  lock).
 * **Trusted header** (``MODERATION_CONSOLE_TRUSTED_HEADER``): only when configured, and only from
   the proxy networks in ``MODERATION_CONSOLE_TRUSTED_PROXIES``; from anywhere else it is ignored.
 """
@@ -32,7 +36,7 @@ from aiohttp import web
 
 from service.console.metrics import ConsoleMetrics
 from service.console.settings import ConsoleSettings, is_trusted_proxy, valid_user_name
-from service.console.store import ConsoleStore, Session
+from service.console.storage import ConsoleStore, Session
 from service.console.users import hash_password, verify_password
 
 log = logging.getLogger(__name__)
@@ -108,8 +112,8 @@ class Auth:
     ) -> Literal["ok", "failed", "locked"]:
         """Verify a password; MAX_FAILURES attempts in a row lock the name for LOCKOUT_S.
 
-        The attempt is reserved in the store *before* the password is checked (and counts as a
-        failure until it proves right), so a burst of logins, at one replica or spread over
+        The attempt is reserved in the database *before* the password is checked (and counts as
+        a failure until it proves right), so a burst of logins, at one replica or spread over
         many, gets at most MAX_FAILURES checks, never one per request."""
         known = username in self._settings.users
         if known or valid_user_name(username):

@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 
 from service.console.a2i import DeliveryError, OutputWriter
 from service.console.metrics import ConsoleMetrics
-from service.console.store import ConsoleStore, Decision, StoreError
+from service.console.storage import ConsoleStore, Decision, StoreError
 from service.kafka.client import kafka_client_options
 from service.settings import KafkaSettings
 

@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from service.console.metrics import ConsoleMetrics
-from service.console.store import ConsoleStore, StoreError
+from service.console.storage import ConsoleStore, StoreError
 from service.errors import InputError, Reason
 from service.kafka.client import kafka_client_options
 from service.kafka.poison import Polled, UndecodableRecord, reader_for

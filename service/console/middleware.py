@@ -23,7 +23,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from service.console.auth import Auth, Identity
 from service.console.metrics import ConsoleMetrics
-from service.console.store import StoreError
+from service.console.storage import StoreError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from service.console.metrics import ConsoleMetrics
 from service.console.middleware import identity, local_path
 from service.console.review_tasks import ReviewTasks
 from service.console.settings import ConsoleSettings
-from service.console.store import Item
+from service.console.storage import Item
 from service.console.views import taxonomy_tree
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from service.console.store import ConsoleStore, StoreError
+from service.console.storage import ConsoleStore, StoreError
 
 
 @dataclass

@@ -21,7 +21,7 @@ from service.console.delivery import Delivery
 from service.console.images import ImageSource, ImageUnavailable
 from service.console.metrics import ConsoleMetrics
 from service.console.settings import ConsoleSettings, FlowDefinition
-from service.console.store import Built, ClaimResult, ConsoleStore, Counts, Decision, Item
+from service.console.storage import Built, ClaimResult, ConsoleStore, Counts, Decision, Item
 from service.console.views import history_view, item_view
 from service.taxonomy import V7_LABELS
 

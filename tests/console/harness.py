@@ -19,7 +19,7 @@ import orjson
 from service.console.a2i import DeliveryError
 from service.console.app import Console
 from service.console.settings import ConsoleSettings
-from service.console.store import ConsoleStore
+from service.console.storage import ConsoleStore
 from service.console.users import hash_password
 from service.settings import Settings
 

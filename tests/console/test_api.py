@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.console.app import Console
 from service.console.metrics import ConsoleMetrics
 from service.console.middleware import PUBLIC_PATHS
-from service.console.store import ConsoleStore
+from service.console.storage import ConsoleStore
 from service.review.answers import TASK_KEY, decide_from_output
 from service.review.events import parse_event
 from tests.console.conftest import new_database

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from service.console.app import Console
-from service.console.store import ConsoleStore
+from service.console.storage import ConsoleStore
 from tests.console.conftest import new_database
 from tests.console.harness import (
     FakeClock,

@@ -17,7 +17,7 @@ import pytest
 
 from service.console.app import Console
 from service.console.auth import MAX_FAILURES
-from service.console.store import ConsoleStore
+from service.console.storage import ConsoleStore
 from tests.console.conftest import new_database
 from tests.console.harness import FakeClock, Reviewer, base_env, running_console, url_of
 

@@ -13,8 +13,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+import sqlalchemy as sa
+from service.embedded import free_port
+from sqlalchemy.dialects import postgresql
 
-from service.console.store import ConsoleStore, Item
+from service.console.storage import ConsoleStore, Item, StoreError
+from service.console.storage.database import Database
 from tests.console.conftest import new_database
 
 NOW = 1_800_000_000.0
@@ -22,15 +26,23 @@ TTL = 300.0
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def two_stores(
+async def two_databases(
     request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[tuple[ConsoleStore, ConsoleStore]]:
+) -> tuple[Database, Database]:
+    """Two connections to one new database, the way two console processes share it."""
     if request.param == "sqlite":
         path = tmp_path / "shared.db"
-        stores = (ConsoleStore.sqlite(path), ConsoleStore.sqlite(path))
-    else:
-        dsn = await new_database(request.getfixturevalue("postgres_server"))
-        stores = (ConsoleStore.postgresql(dsn), ConsoleStore.postgresql(dsn))
+        return Database.sqlite(path), Database.sqlite(path)
+    dsn = await new_database(request.getfixturevalue("postgres_server"))
+    return Database.postgresql(dsn), Database.postgresql(dsn)
+
+
+@pytest.fixture
+async def two_stores(
+    two_databases: tuple[Database, Database],
+) -> AsyncIterator[tuple[ConsoleStore, ConsoleStore]]:
+    stores = tuple(ConsoleStore(database) for database in two_databases)
+    # Opened together: the replicas take turns migrating the new database.
     await asyncio.gather(*(store.open() for store in stores))
     try:
         yield stores
@@ -214,3 +226,86 @@ async def test_a_request_id_with_nul_is_stored(
     )
     item = await b.item("mnul")
     assert item is not None and item.request_id == "a\ufffdb" and item.review is None
+
+
+QUESTIONS = "who? ?| ?& ?? $1 %s :name ' \" \\"
+"""What a placeholder rewriter or a JSON operator (``?``, ``?|``, ``?&``) would trip over."""
+
+
+async def test_question_marks_in_values_and_json_round_trip(
+    two_stores: tuple[ConsoleStore, ConsoleStore],
+) -> None:
+    a, b = two_stores
+    loop = "loop-q?"
+    record = orjson.dumps({"id": "q?", "note": QUESTIONS, "?": ["?|", {"?&": "?"}]})
+    assert await a.upsert_item(
+        loop_name=loop,
+        request_id="q?",
+        record=record,
+        created_at=NOW,
+        deadline=NOW + 60,
+        requeued=0,
+        now=NOW,
+    )
+    item = await b.item(loop)
+    assert item is not None and (item.request_id, item.record) == ("q?", orjson.loads(record))
+    assert (await a.claim(loop, "who?", NOW, TTL)).outcome == "claimed"
+    labels = [{"Name": QUESTIONS, "ParentName": "?"}]
+    output = orjson.dumps({"answer": QUESTIONS, "ops": ["?|", "?&"]})
+
+    def build_q(item: Item, accepted: float) -> tuple[str, bytes, bytes]:
+        return f"file:///x/{item.loop_name}?v=1", output, b'{"event?": "?"}'
+
+    assert (await b.decide(loop, "who?", labels, NOW + 1, build_q)).outcome == "decided"
+    (entry,) = await a.history(limit=5, reviewer="who?")
+    decision = entry.decision
+    assert (decision.labels, decision.output, decision.event) == (
+        labels,
+        output,
+        b'{"event?": "?"}',
+    )
+    assert decision.output_uri == f"file:///x/{loop}?v=1"
+    assert entry.record == orjson.loads(record)
+    await b.create_session("id?", "who?", QUESTIONS, NOW, 60)
+    session = await a.session("id?", NOW)
+    assert session is not None and (session.username, session.csrf) == ("who?", QUESTIONS)
+    assert (
+        await b.reserve_login_attempt(QUESTIONS, NOW, max_failures=5, lockout_s=60, forget_s=900)
+        == 1
+    )
+
+
+async def test_a_literal_question_mark_in_a_statement_is_left_alone(
+    two_databases: tuple[Database, Database],
+) -> None:
+    """The old driver rewrote every ``?`` in a statement into ``$n`` for PostgreSQL."""
+    database, _ = two_databases
+    await database.open()
+    try:
+        async with database.transaction() as conn:
+            literal = sa.literal(QUESTIONS, literal_execute=True)  # inline, in the SQL text
+            row = (await conn.execute(sa.select(sa.literal_column("'?'"), literal))).one()
+            assert tuple(row) == ("?", QUESTIONS)
+            if database.kind == "postgresql":  # its JSON operators: ? ?| ?&
+                document = sa.cast(sa.literal('{"a?": 1, "b": [2]}'), postgresql.JSONB)
+                has = (await conn.execute(sa.select(document.has_key("a?")))).scalar_one()
+                has_all = (
+                    await conn.execute(sa.select(document.has_all(postgresql.array(["a?", "b"]))))
+                ).scalar_one()
+                assert has is True and has_all is True
+    finally:
+        await database.close()
+
+
+async def test_an_unreachable_or_missing_postgresql_fails_to_open_with_a_store_error(
+    postgres_server: str,
+) -> None:
+    for dsn, why in (
+        (f"postgresql://console@127.0.0.1:{free_port()}/db", "postgresql: ConnectionRefusedError"),
+        (f"{postgres_server}/no_such_database", "postgresql: InvalidCatalogNameError"),
+    ):
+        store = ConsoleStore.postgresql(dsn)
+        with pytest.raises(StoreError, match=why):
+            await store.open()
+        with pytest.raises(StoreError, match="not open"):
+            await store.ping()

@@ -20,7 +20,7 @@ from service.console.images import ImageSource
 from service.console.intake import store_review
 from service.console.metrics import ConsoleMetrics
 from service.console.review_tasks import ReviewTasks, a2i_answer, choice_problem
-from service.console.store import ConsoleStore, open_store
+from service.console.storage import ConsoleStore, open_store
 from service.fetch import FetchPolicy
 from service.review.answers import TASK_KEY
 from service.review.records import parse_review_record

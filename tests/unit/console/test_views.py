@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from service.console.store import Item
+from service.console.storage import Item
 from service.console.views import item_view, model_labels, taxonomy_tree
 from service.review.records import parse_review_record
 from service.taxonomy import V7_LABELS
