@@ -14,11 +14,11 @@ from pathlib import Path
 import orjson
 import pytest
 import sqlalchemy as sa
-from service.embedded import free_port
 from sqlalchemy.dialects import postgresql
 
 from service.console.storage import ConsoleStore, Item, StoreError
 from service.console.storage.database import Database
+from service.kafka.embedded import free_port
 from tests.console.conftest import new_database
 
 NOW = 1_800_000_000.0
