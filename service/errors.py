@@ -96,6 +96,14 @@ class BackendError(ServiceError):
         self.human_loop_quota = human_loop_quota
 
 
+class BackendUnavailable(BackendError):
+    """Credentials, permissions, a missing resource: an outage; callers wait (circuit breaker),
+    never dead-letter healthy input."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message, retriable=False)
+
+
 class PublishError(ServiceError):
     """An output record was not acknowledged: its offset is not committed, so it is redelivered."""
 
