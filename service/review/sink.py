@@ -87,7 +87,7 @@ from service.review.answers import check_origin, decide_from_output
 from service.review.events import parse_event
 from service.review.intake import SinkIntake
 from service.review.records import parse_review_record, review_record_limit
-from service.review.store import OutputStore
+from service.review.outputs import OutputStore
 from service.settings import Settings
 from service.transactions import (
     CURRENT,
