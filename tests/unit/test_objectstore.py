@@ -9,11 +9,9 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import ClassVar
 
 import aioboto3
 import pytest
-from aiohttp import web
 from botocore.exceptions import (
     ClientError,
     EndpointConnectionError,
@@ -40,6 +38,7 @@ from service.objectstore import (
     read_capped,
     translate_error,
 )
+from tests.fakes.s3_answers import S3Answers, serve_s3_answers
 
 REGION = "us-east-1"
 BUCKET = "objectstore-tests"
@@ -160,70 +159,20 @@ async def test_our_endpoint_wins_over_the_sdks(
 # -- answers moto does not give: a scripted S3 endpoint ------------------------------------------
 
 
-class ScriptedS3:
-    """Answers GETs by key: S3 error documents, or an endless body without a Content-Length."""
-
-    ERRORS: ClassVar[dict[str, tuple[int, str]]] = {
-        "denied": (403, "AccessDenied"),
-        "bad-key-id": (403, "InvalidAccessKeyId"),
-        "expired": (400, "ExpiredToken"),
-        "slow-down": (503, "SlowDown"),
-        "archived": (403, "InvalidObjectState"),
-    }
-    ENDLESS_LIMIT = 256 * 1024 * 1024
-
-    def __init__(self) -> None:
-        self.endless_sent = 0
-        self.endless_done = asyncio.Event()
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        key = request.path.rsplit("/", 1)[-1]
-        if key == "endless":
-            return await self._endless(request)
-        status, code = self.ERRORS[key]
-        body = f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code></Error>"
-        return web.Response(status=status, body=body.encode(), content_type="application/xml")
-
-    async def _endless(self, request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse()
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        chunk = b"\0" * 65536
-        try:
-            while self.endless_sent < self.ENDLESS_LIMIT:
-                await response.write(chunk)
-                self.endless_sent += len(chunk)
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            self.endless_done.set()
-        return response
-
-
 @pytest.fixture
-async def scripted() -> AsyncIterator[tuple[ScriptedS3, ObjectStore]]:
-    script = ScriptedS3()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", script.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    options = S3Options(region=REGION, endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1)
-    try:
+async def scripted() -> AsyncIterator[tuple[S3Answers, ObjectStore]]:
+    async with serve_s3_answers() as answers:
+        options = S3Options(region=REGION, endpoint_url=answers.endpoint, max_attempts=1)
         async with started(options) as store:
-            yield script, store
-    finally:
-        await runner.cleanup()
+            yield answers, store
 
 
 async def test_a_capped_read_stops_without_reading_it_all(
-    scripted: tuple[ScriptedS3, ObjectStore],
+    scripted: tuple[S3Answers, ObjectStore],
 ) -> None:
     script, store = scripted
     with pytest.raises(ObjectTooLarge):
-        await store.get(S3Location("b", "endless"), max_bytes=1024 * 1024)
+        await store.get(S3Location("b", S3Answers.ENDLESS), max_bytes=1024 * 1024)
     await asyncio.wait_for(script.endless_done.wait(), 30)
     # The server stopped because the reader hung up, long before the body's end.
     assert script.endless_sent < script.ENDLESS_LIMIT // 4
@@ -240,7 +189,7 @@ async def test_a_capped_read_stops_without_reading_it_all(
     ],
 )
 async def test_store_answers_become_our_errors(
-    scripted: tuple[ScriptedS3, ObjectStore], key: str, expected: type[Exception]
+    scripted: tuple[S3Answers, ObjectStore], key: str, expected: type[Exception]
 ) -> None:
     _, store = scripted
     with pytest.raises(expected) as caught:
