@@ -32,7 +32,7 @@ from service.console.a2i import (
 )
 from service.console.auth import LOGIN_COOKIE, Auth, Identity
 from service.console.delivery import Delivery
-from service.console.images import ImageSource, ImageUnavailable, image_kind
+from service.console.image_source import ImageSource, ImageUnavailable, image_kind
 from service.console.metrics import ConsoleMetrics
 from service.console.settings import ConsoleSettings
 from service.console.store import ConsoleStore, Decision, Item, StoreError
