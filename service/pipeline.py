@@ -19,6 +19,7 @@ import orjson
 from service.activation import ActivationConditions, Evaluation, evaluate
 from service.backends.base import HumanLoopRequest, ModerationBackend, ModerationResult
 from service.capacity import ConcurrencyBudget
+from service.clock import utc_now
 from service.errors import BackendError, InputError, Reason, RecordRefused
 from service.fetch import ImageFetcher
 from service.messages import (
@@ -32,7 +33,6 @@ from service.messages import (
     id_of_invalid,
     output_headers,
     parse_request,
-    utc_now,
     verdict_record,
 )
 from service.metrics import Metrics

@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from service.clock import iso_from_epoch
 from service.console.settings import FlowDefinition, OutputLocation, parse_flow_definition
 from service.console.store import Item
 from service.errors import ConfigError, ServiceError
@@ -41,11 +42,6 @@ class DeliveryError(ServiceError):
     """The output store or the broker failed: the decision stays in the outbox and is retried."""
 
     retriable = True
-
-
-def iso(epoch: float) -> str:
-    moment = datetime.fromtimestamp(epoch, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def chosen_labels(names: list[str]) -> list[dict[str, str]]:
@@ -125,8 +121,8 @@ def build_output(
         "humanAnswers": [
             {
                 "answerContent": {TASK_KEY: {"moderationLabels": labels}},
-                "submissionTime": iso(submitted_at),
-                "acceptanceTime": iso(accepted_at),
+                "submissionTime": iso_from_epoch(submitted_at),
+                "acceptanceTime": iso_from_epoch(accepted_at),
                 "timeSpentInSeconds": round(max(0.0, submitted_at - accepted_at), 3),
                 "workerId": reviewer,
                 "workerMetadata": {
@@ -152,8 +148,8 @@ def build_event(item: Item, *, output_uri: str, submitted_at: float, flow: FlowD
             region=flow.region,
             account=flow.account,
             event_id=str(uuid.uuid4()),
-            time=iso(submitted_at),
-            created=iso(item.created_at),
+            time=iso_from_epoch(submitted_at),
+            created=iso_from_epoch(item.created_at),
         )
     )
 

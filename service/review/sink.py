@@ -69,6 +69,7 @@ from faust.exceptions import ProducerSendError
 from faust.streams import current_event
 from faust.transport.consumer import TransactionManager
 
+from service.clock import utc_now
 from service.errors import (
     BackendError,
     ConfigError,
@@ -79,15 +80,15 @@ from service.errors import (
 )
 from service.http_server import Health, HttpServer
 from service.kafka.poison import Polled, UndecodableRecord
-from service.messages import DeadLetter, Headers, Source, output_headers, utc_now
+from service.messages import DeadLetter, Headers, Source, output_headers
 from service.metrics import Metrics
 from service.publisher import is_refusal, publish_dead_letter
 from service.retry import full_jitter
 from service.review.answers import check_origin, decide_from_output
 from service.review.events import parse_event
 from service.review.intake import SinkIntake
-from service.review.records import parse_review_record, review_record_limit
 from service.review.outputs import OutputStore
+from service.review.records import parse_review_record, review_record_limit
 from service.settings import Settings
 from service.transactions import (
     CURRENT,
