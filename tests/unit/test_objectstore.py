@@ -105,13 +105,11 @@ async def test_s3_missing_objects(
         await s3_store.get(S3Location(bucket_name, key, version), max_bytes=100)
 
 
-async def test_s3_versions_are_read_as_asked(s3_store: ObjectStore) -> None:
+async def test_s3_versions_are_read_as_asked(s3_store: ObjectStore, moto_s3: str) -> None:
     key = unique_key()
     await s3_store.put(S3Location(BUCKET, key), b"first")
     await s3_store.put(S3Location(BUCKET, key), b"second")
-    async with aioboto3.Session().client(
-        "s3", region_name=REGION, endpoint_url=s3_store._options.endpoint_url
-    ) as s3:
+    async with aioboto3.Session().client("s3", region_name=REGION, endpoint_url=moto_s3) as s3:
         listed = await s3.list_object_versions(Bucket=BUCKET, Prefix=key)
     (older,) = [version for version in listed["Versions"] if not version["IsLatest"]]
     assert await s3_store.get(S3Location(BUCKET, key, older["VersionId"]), max_bytes=10) == b"first"
