@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from datetime import UTC, datetime
 from typing import Literal
 
 import orjson
+
+from service.clock import iso_from_epoch
 
 _FIELDS = ("message_id", "topic", "partition", "offset", "reason")
 
@@ -19,7 +20,7 @@ _FIELDS = ("message_id", "topic", "partition", "offset", "reason")
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": iso_from_epoch(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

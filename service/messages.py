@@ -11,11 +11,11 @@ import base64
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
 
+from service.clock import utc_now
 from service.errors import InputError, Reason
 from service.images import decode_base64_image
 
@@ -83,10 +83,6 @@ class Label:
             "confidence": self.confidence,
             "taxonomy_level": self.taxonomy_level,
         }
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_request(

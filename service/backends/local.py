@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -41,18 +40,15 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final, Protocol, TypeAlias
+from typing import IO, Final, Protocol, TypeAlias
 
-import aioboto3
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin
 
 from service.backends.base import ModerationResult
-from service.errors import BackendError, ConfigError, InputError, Reason
+from service.errors import ConfigError, InputError, Reason
 from service.images import (
     MAX_IMAGE_BYTES,
     check_image,
@@ -62,6 +58,15 @@ from service.images import (
     sniff_format,
 )
 from service.messages import Label, S3Image
+from service.objectstore import (
+    InvalidLocation,
+    ObjectForbidden,
+    ObjectStore,
+    ObjectStoreError,
+    ObjectTooLarge,
+    S3Location,
+    S3Options,
+)
 from service.taxonomy import V7_LABELS, ancestors_of
 
 log = logging.getLogger(__name__)
@@ -79,7 +84,6 @@ OPENNSFW: Final = "opennsfw"
 NUDENET: Final = "nudenet"
 DEFAULT_MODELS: Final = (OPENNSFW,)
 
-_S3_CHUNK = 256 * 1024
 # Pillow can raise any of these on hostile or broken input (PNG chunk errors are SyntaxErrors).
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError)
 
@@ -652,96 +656,43 @@ def _check_bytes(data: bytes, max_bytes: int) -> None:
 
 class _S3Reader:
     """Optional: fetch ``S3Image`` objects (the local model cannot take a reference like
-    Rekognition does). Failures map as Rekognition's would: a missing or forbidden object is
-    INVALID_S3_OBJECT, an object over 15 MB IMAGE_TOO_LARGE, S3 trouble a retriable error."""
-
-    _NOT_READABLE: Final = frozenset(
-        {
-            "NoSuchKey",
-            "NoSuchBucket",
-            "NoSuchVersion",
-            "AccessDenied",
-            "InvalidObjectState",
-            "InvalidBucketName",
-            "InvalidArgument",
-            "PermanentRedirect",
-            "AuthorizationHeaderMalformed",
-            "403",
-            "404",
-            "301",
-            "400",
-        }
-    )
+    Rekognition does). Failures map as Rekognition's would: a missing, forbidden or otherwise
+    refused object is INVALID_S3_OBJECT, an object over 15 MB IMAGE_TOO_LARGE, a reference the SDK
+    refuses INVALID_PARAMETER; S3 trouble stays the object store's BackendError."""
 
     def __init__(
         self, region: str | None, endpoint_url: str | None, max_bytes: int, timeout_s: float
     ) -> None:
-        self._region = region
-        self._endpoint_url = endpoint_url
         self.max_bytes = max_bytes
-        self._timeout_s = timeout_s
-        self._stack = contextlib.AsyncExitStack()
-        self._client: Any = None
-
-    async def start(self) -> None:
-        config = Config(
-            retries={"total_max_attempts": 3, "mode": "standard"},
-            connect_timeout=min(10.0, self._timeout_s),
-            read_timeout=self._timeout_s,
-        )
-        self._client = await self._stack.enter_async_context(
-            aioboto3.Session().client(
-                "s3", region_name=self._region, endpoint_url=self._endpoint_url, config=config
+        self._objects = ObjectStore(
+            S3Options(
+                region=region,
+                endpoint_url=endpoint_url,
+                connect_timeout_s=min(10.0, timeout_s),
+                read_timeout_s=timeout_s,
+                max_attempts=3,
             )
         )
 
+    async def start(self) -> None:
+        await self._objects.start()
+
     async def close(self) -> None:
-        self._client = None
-        await self._stack.aclose()
+        await self._objects.close()
 
     async def read(self, image: S3Image) -> bytes:
-        params: dict[str, str] = {"Bucket": image.bucket, "Key": image.key}
-        if image.version is not None:
-            params["VersionId"] = image.version
-        where = f"s3://{image.bucket}/{image.key}"
+        where = S3Location(image.bucket, image.key, image.version)
         try:
-            response = await self._client.get_object(**params)
-            body = response["Body"]
-            async with body:  # releases the connection, also when we stop reading early
-                size = int(response.get("ContentLength") or 0)
-                if size > self.max_bytes:
-                    raise InputError(
-                        Reason.IMAGE_TOO_LARGE,
-                        f"{where} is {size} bytes, more than the limit of {self.max_bytes}",
-                    )
-                return await _read_capped(body, self.max_bytes, where)
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code = str(error.get("Code", "Unknown"))
-            if code in self._NOT_READABLE:
-                raise InputError(
-                    Reason.INVALID_S3_OBJECT, f"cannot read {where}: S3 {code}"
-                ) from exc
-            raise BackendError(f"S3.{code}", str(error.get("Message", "")), retriable=True) from exc
-        except ParamValidationError as exc:
+            return await self._objects.get(where, max_bytes=self.max_bytes)
+        except ObjectTooLarge as exc:
+            raise InputError(
+                Reason.IMAGE_TOO_LARGE, f"{where.uri} is more than the limit of {exc.limit} bytes"
+            ) from exc
+        except InvalidLocation as exc:
             raise InputError(
                 Reason.INVALID_PARAMETER, f"request refused by the SDK: {exc}"
             ) from exc
-        except BotoCoreError as exc:
-            raise BackendError(type(exc).__name__, str(exc), retriable=True) from exc
-
-
-async def _read_capped(body: Any, max_bytes: int, where: str) -> bytes:
-    """Read a streaming body, giving up as soon as it passes ``max_bytes`` (Content-Length lies)."""
-    chunks: list[bytes] = []
-    total = 0
-    while True:
-        chunk: bytes = await body.read(_S3_CHUNK)
-        if not chunk:
-            return b"".join(chunks)
-        total += len(chunk)
-        if total > max_bytes:
+        except (ObjectStoreError, ObjectForbidden) as exc:
             raise InputError(
-                Reason.IMAGE_TOO_LARGE, f"{where} is more than the limit of {max_bytes} bytes"
-            )
-        chunks.append(chunk)
+                Reason.INVALID_S3_OBJECT, f"cannot read {where.uri}: S3 {exc.code}"
+            ) from exc

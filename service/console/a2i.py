@@ -18,21 +18,18 @@ Writing is idempotent: the same decision always produces the same bytes at the s
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-import aioboto3
 import orjson
-from botocore.exceptions import BotoCoreError, ClientError
 
+from service.clock import iso_from_epoch
 from service.console.settings import FlowDefinition, OutputLocation, parse_flow_definition
 from service.console.storage import Item
 from service.errors import ConfigError, ServiceError
 from service.messages import S3Image, UrlImage
+from service.objectstore import ObjectStore, S3Options, parse_location
 from service.review.answers import TASK_KEY
 from service.review.events import completion_event
 from service.review.records import InlineImage
@@ -45,11 +42,6 @@ class DeliveryError(ServiceError):
     """The output store or the broker failed: the decision stays in the outbox and is retried."""
 
     retriable = True
-
-
-def iso(epoch: float) -> str:
-    moment = datetime.fromtimestamp(epoch, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def chosen_labels(names: list[str]) -> list[dict[str, str]]:
@@ -129,8 +121,8 @@ def build_output(
         "humanAnswers": [
             {
                 "answerContent": {TASK_KEY: {"moderationLabels": labels}},
-                "submissionTime": iso(submitted_at),
-                "acceptanceTime": iso(accepted_at),
+                "submissionTime": iso_from_epoch(submitted_at),
+                "acceptanceTime": iso_from_epoch(accepted_at),
                 "timeSpentInSeconds": round(max(0.0, submitted_at - accepted_at), 3),
                 "workerId": reviewer,
                 "workerMetadata": {
@@ -156,36 +148,31 @@ def build_event(item: Item, *, output_uri: str, submitted_at: float, flow: FlowD
             region=flow.region,
             account=flow.account,
             event_id=str(uuid.uuid4()),
-            time=iso(submitted_at),
-            created=iso(item.created_at),
+            time=iso_from_epoch(submitted_at),
+            created=iso_from_epoch(item.created_at),
         )
     )
 
 
 class OutputWriter:
-    """Writes ``output.json`` files to S3 (aioboto3) or a local directory."""
+    """Writes ``output.json`` files to S3 or, in the embedded setup, the output directory (and
+    nowhere outside it)."""
 
     def __init__(
         self, location: OutputLocation, *, region: str | None, s3_endpoint_url: str | None
     ) -> None:
         self._location = location
-        self._region = region
-        self._endpoint = s3_endpoint_url
-        self._stack = contextlib.AsyncExitStack()
-        self._s3: Any = None
+        self._objects = ObjectStore(
+            S3Options(region=region, endpoint_url=s3_endpoint_url), file_root=location.directory
+        )
 
     async def start(self) -> None:
-        if self._location.kind == "s3":
-            session = aioboto3.Session()
-            self._s3 = await self._stack.enter_async_context(
-                session.client("s3", region_name=self._region, endpoint_url=self._endpoint)
-            )
-        elif self._location.directory is not None:
+        if self._location.directory is not None:
             self._location.directory.mkdir(parents=True, exist_ok=True)
+        await self._objects.start()
 
     async def close(self) -> None:
-        self._s3 = None
-        await self._stack.aclose()
+        await self._objects.close()
 
     def uri_for(self, item: Item, flow: FlowDefinition) -> str:
         created = datetime.fromtimestamp(item.created_at, UTC)
@@ -198,33 +185,8 @@ class OutputWriter:
         return (location.directory / key).as_uri()
 
     async def write(self, uri: str, body: bytes) -> None:
-        parts = urlsplit(uri)
-        if parts.scheme == "s3":
-            await self._write_s3(parts.netloc, unquote(parts.path.lstrip("/")), body)
-        else:
-            self._write_file(Path(unquote(parts.path)), body)
-
-    async def _write_s3(self, bucket: str, key: str, body: bytes) -> None:
-        if self._s3 is None:
-            raise DeliveryError("the S3 output store is not started")
+        """Store one ``output.json``; any failure is a :class:`DeliveryError` (retried)."""
         try:
-            await self._s3.put_object(
-                Bucket=bucket, Key=key, Body=body, ContentType="application/json"
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise DeliveryError(f"writing s3://{bucket}/{key}: {exc}") from exc
-
-    def _write_file(self, path: Path, body: bytes) -> None:
-        directory = self._location.directory
-        if directory is None or not path.resolve().is_relative_to(directory):
-            raise DeliveryError(f"{path} is outside the console's output directory")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-            with tmp.open("wb") as out:
-                out.write(body)
-                out.flush()
-                os.fsync(out.fileno())
-            tmp.replace(path)  # readers see the whole file or none of it
-        except OSError as exc:
-            raise DeliveryError(f"writing {path}: {exc.strerror}") from exc
+            await self._objects.put(parse_location(uri), body, content_type="application/json")
+        except ServiceError as exc:
+            raise DeliveryError(f"writing {uri}: {exc}") from exc

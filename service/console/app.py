@@ -25,7 +25,7 @@ from service.console.a2i import OutputWriter
 from service.console.api import Api
 from service.console.auth import Auth
 from service.console.delivery import Delivery, EventPublisher, KafkaEventPublisher
-from service.console.images import ImageSource
+from service.console.image_source import ImageSource
 from service.console.intake import Intake
 from service.console.metrics import ConsoleMetrics
 from service.console.pages import Pages

@@ -18,7 +18,7 @@ import orjson
 
 from service.console.a2i import build_event, build_output, chosen_labels, flow_of
 from service.console.delivery import Delivery
-from service.console.images import ImageSource, ImageUnavailable
+from service.console.image_source import ImageSource, ImageUnavailable
 from service.console.metrics import ConsoleMetrics
 from service.console.settings import ConsoleSettings, FlowDefinition
 from service.console.storage import Built, ClaimResult, ConsoleStore, Counts, Decision, Item

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.console.images import image_kind
+from service.console.image_source import image_kind
 from service.console.storage import HistoryEntry, Item
 from service.fetch import redact_url
 from service.messages import S3Image, UrlImage

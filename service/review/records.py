@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeGuard
 
 import orjson
 
+from service.clock import parse_iso
 from service.errors import InputError, Reason
 from service.messages import MAX_ID_LENGTH, SCHEMA_VERSION, S3Image, UrlImage
 
@@ -101,17 +102,21 @@ def _time(review: dict[str, Any], name: str) -> datetime:
     text = review.get(name)
     if not isinstance(text, str):
         raise _invalid(f"'review.{name}' must be a date-time string")
+    moment = parse_iso(text)
+    if moment is None:
+        raise _invalid(f"'review.{name}' {_why_not_a_time(text)}")
+    return moment
+
+
+def _why_not_a_time(text: str) -> str:
+    """Why :func:`~service.clock.parse_iso` refused ``text``, for the DLQ message."""
     try:
         moment = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise _invalid(f"'review.{name}' is not an ISO 8601 date-time") from exc
+    except ValueError:
+        return "is not an ISO 8601 date-time"
     if moment.tzinfo is None or moment.utcoffset() is None:
-        raise _invalid(f"'review.{name}' has no timezone (write Z or an offset)")
-    try:
-        moment.timestamp()  # an aware time at the edge of the calendar can still overflow
-    except (OverflowError, ValueError, OSError) as exc:
-        raise _invalid(f"'review.{name}' is out of range") from exc
-    return moment
+        return "has no timezone (write Z or an offset)"
+    return "is out of range"  # an aware time at the edge of the calendar can still overflow
 
 
 def _labels(value: object) -> tuple[ReviewLabel, ...]:

@@ -69,6 +69,7 @@ from faust.exceptions import ProducerSendError
 from faust.streams import current_event
 from faust.transport.consumer import TransactionManager
 
+from service.clock import utc_now
 from service.errors import (
     BackendError,
     ConfigError,
@@ -87,14 +88,14 @@ from service.kafka.transactions import (
     TransactionalCommitter,
     probe_transactions,
 )
-from service.messages import DeadLetter, Headers, Source, output_headers, utc_now
+from service.messages import DeadLetter, Headers, Source, output_headers
 from service.metrics import Metrics
 from service.retry import full_jitter
 from service.review.answers import check_origin, decide_from_output
 from service.review.events import parse_event
 from service.review.intake import SinkIntake
+from service.review.outputs import OutputStore
 from service.review.records import parse_review_record, review_record_limit
-from service.review.store import OutputStore
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -45,6 +45,7 @@ from service.errors import BackendError, ConfigError, InputError, Reason, Thrott
 from service.kafka.embedded import free_port
 from service.messages import Label, S3Image
 from service.taxonomy import V7_LABELS
+from tests.fakes.s3_answers import S3Answers, serve_s3_answers
 from tests.images import (
     cut,
     pixel_flood_png,
@@ -840,15 +841,33 @@ async def test_s3_outage_is_a_retriable_backend_error() -> None:
         await backend.close()
 
 
-async def test_s3_bodies_longer_than_announced_are_cut_off() -> None:
-    class LyingBody:  # a Content-Length that under-reports: the reader must still stop
-        def __init__(self) -> None:
-            self.chunks = [b"\xff\xd8\xff" + b"\0" * 600_000, b"\0" * 600_000, b"\0" * 600_000]
-
-        async def read(self, amount: int) -> bytes:
-            return self.chunks.pop(0) if self.chunks else b""
-
-    with pytest.raises(InputError) as caught:
-        await local._read_capped(LyingBody(), 1_000_000, "s3://b/k")
-    assert caught.value.reason is Reason.IMAGE_TOO_LARGE
-    assert await local._read_capped(LyingBody(), 2_000_000, "s3://b/k") != b""
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ("denied", Reason.INVALID_S3_OBJECT),  # as Rekognition's InvalidS3ObjectException
+        ("archived", Reason.INVALID_S3_OBJECT),
+        (S3Answers.ENDLESS, Reason.IMAGE_TOO_LARGE),  # no Content-Length: cut off while reading
+        ("bad-key-id", None),  # our credentials: an outage, the pipeline waits
+        ("slow-down", None),
+    ],
+)
+async def test_s3_answers_map_like_rekognition(key: str, reason: Reason | None) -> None:
+    async with serve_s3_answers() as answers:
+        backend = LocalModelBackend(
+            workers=1,
+            max_queue=0,
+            read_s3=True,
+            s3_region="us-east-1",
+            s3_endpoint_url=answers.endpoint,
+            s3_max_bytes=1_000_000,
+        )
+        await backend.start()
+        try:
+            with pytest.raises((InputError, BackendError)) as caught:
+                await backend.moderate(S3Image(BUCKET, key), 50.0)
+        finally:
+            await backend.close()
+    if reason is None:
+        assert isinstance(caught.value, BackendError)
+    else:
+        assert isinstance(caught.value, InputError) and caught.value.reason is reason

@@ -258,6 +258,21 @@ def test_what_is_refused(path: tuple[Any, ...], value: Any) -> None:
     assert caught.value.reason is Reason.INVALID_REVIEW_RECORD
 
 
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("yesterday", "'review.deadline' is not an ISO 8601 date-time"),
+        ("2026-11-21T23:10:04", "'review.deadline' has no timezone (write Z or an offset)"),
+        ("9999-12-31T23:59:59-01:00", "'review.deadline' is out of range"),
+        (1_800_000_000, "'review.deadline' must be a date-time string"),
+    ],
+)
+def test_refused_times_say_why(value: Any, says: str) -> None:
+    with pytest.raises(InputError) as caught:
+        parse(_with(("review", "deadline"), value))
+    assert says in caught.value.message
+
+
 def test_tombstones_and_oversize_records_are_refused() -> None:
     with pytest.raises(InputError, match="tombstone"):
         parse(None)

@@ -18,9 +18,10 @@ from botocore.exceptions import (
 from service.console.a2i import OutputWriter
 from service.console.settings import FlowDefinition, OutputLocation
 from service.errors import BackendError, ConfigError, InputError, Reason
+from service.objectstore import translate_error
 from service.review.answers import TASK_KEY, check_origin, decide_from_output
 from service.review.events import completion_event, parse_event
-from service.review.store import translate_s3_error
+from service.review.outputs import EVENT_PROBLEMS
 from service.settings import Settings
 
 FLOW = "arn:aws:sagemaker:us-east-1:000000000000:flow-definition/fd"
@@ -171,12 +172,12 @@ def client_error(code: str, status: int) -> ClientError:
 def test_store_errors_are_transient_only_when_asking_again_can_help(
     error: Exception, retriable: bool
 ) -> None:
-    translated = translate_s3_error(error, "s3://bucket/key")
-    if retriable:
-        assert isinstance(translated, BackendError) and translated.retriable
-    else:
-        assert isinstance(translated, InputError)
-        assert translated.reason == Reason.UNREADABLE_OUTPUT
+    translated = translate_error(error, "s3://bucket/key")
+    if retriable:  # the sink retries every BackendError but these, within its deadline
+        assert isinstance(translated, BackendError)
+        assert not isinstance(translated, EVENT_PROBLEMS)
+    else:  # dead-lettered at once as unreadable_output
+        assert isinstance(translated, EVENT_PROBLEMS)
 
 
 def test_sink_bounds_are_settings_with_safe_defaults() -> None:

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from service.console.a2i import OutputWriter
 from service.console.auth import Auth
 from service.console.delivery import Delivery
-from service.console.images import ImageSource
+from service.console.image_source import ImageSource
 from service.console.intake import store_review
 from service.console.metrics import ConsoleMetrics
 from service.console.review_tasks import ReviewTasks, a2i_answer, choice_problem

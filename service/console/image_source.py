@@ -3,8 +3,8 @@
 The browser only ever sees ``/items/<loop>/image`` on the console itself (CSP ``img-src 'self'``),
 never a bucket URL or a presigned link that could be forwarded:
 
-* ``{"s3": ...}``: read with the console's S3 client (``S3_ENDPOINT_URL`` applies), at most
-  15 MB (Rekognition's S3 limit);
+* ``{"s3": ...}``: read through :mod:`service.objectstore` (``S3_ENDPOINT_URL`` applies), at
+  most 15 MB (Rekognition's S3 limit), reading stopped there;
 * ``{"url": ...}``: fetched with the pipeline's :class:`~service.fetch.ImageFetcher` and the same
   :class:`~service.fetch.FetchPolicy` (SSRF rules, ``MODERATION_FETCH_ALLOWED_NETWORKS``), so a
   review record cannot make the console reach inside the network either;
@@ -18,16 +18,19 @@ reaches this far: the record was refused at intake, or is shown as unreadable.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any
-
-import aioboto3
-from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
-
-from service.errors import InputError
+from service.errors import BackendError, InputError
 from service.fetch import FetchPolicy, ImageFetcher
 from service.images import check_image
 from service.messages import S3Image, UrlImage
+from service.objectstore import (
+    InvalidLocation,
+    ObjectForbidden,
+    ObjectStore,
+    ObjectStoreError,
+    ObjectTooLarge,
+    S3Location,
+    S3Options,
+)
 from service.review.records import ReviewImage
 
 MAX_S3_IMAGE_BYTES = 15 * 1000 * 1000
@@ -60,21 +63,14 @@ class ImageSource:
         self, policy: FetchPolicy, *, region: str | None, s3_endpoint_url: str | None
     ) -> None:
         self._fetcher = ImageFetcher(policy)
-        self._region = region
-        self._endpoint = s3_endpoint_url
-        self._stack = contextlib.AsyncExitStack()
-        self._s3: Any = None
+        self._s3 = ObjectStore(S3Options(region=region, endpoint_url=s3_endpoint_url))
 
     async def start(self) -> None:
         await self._fetcher.start()
-        session = aioboto3.Session()
-        self._s3 = await self._stack.enter_async_context(
-            session.client("s3", region_name=self._region, endpoint_url=self._endpoint)
-        )
+        await self._s3.start()
 
     async def close(self) -> None:
-        self._s3 = None
-        await self._stack.aclose()
+        await self._s3.close()
         await self._fetcher.close()
 
     async def load(self, image: ReviewImage) -> tuple[bytes, str]:
@@ -97,24 +93,17 @@ class ImageSource:
         return data, CONTENT_TYPES[fmt]
 
     async def _load_s3(self, ref: S3Image) -> bytes:
-        if self._s3 is None:
-            raise ImageUnavailable("the S3 client is not started")
-        request: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
-        if ref.version:
-            request["VersionId"] = ref.version
         try:
-            response = await self._s3.get_object(**request)
-            async with response["Body"] as body:
-                if int(response.get("ContentLength", 0)) > MAX_S3_IMAGE_BYTES:
-                    raise ImageUnavailable("the S3 object is larger than 15 MB")
-                data: bytes = await body.read()
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", "error"))
-            raise ImageUnavailable(f"the S3 object could not be read ({code})") from exc
-        except ParamValidationError as exc:  # e.g. a bucket name S3 cannot have
+            return await self._s3.get(
+                S3Location(ref.bucket, ref.key, ref.version or None), max_bytes=MAX_S3_IMAGE_BYTES
+            )
+        except InvalidLocation as exc:  # e.g. a bucket name S3 cannot have
             raise ImageUnavailable(
                 "the record's S3 reference is not a valid bucket and key", status=422
             ) from exc
-        except BotoCoreError as exc:
-            raise ImageUnavailable(f"S3 is unreachable ({type(exc).__name__})") from exc
-        return data
+        except ObjectTooLarge as exc:
+            raise ImageUnavailable("the S3 object is larger than 15 MB") from exc
+        except (ObjectStoreError, ObjectForbidden) as exc:
+            raise ImageUnavailable(f"the S3 object could not be read ({exc.code})") from exc
+        except BackendError as exc:
+            raise ImageUnavailable(f"S3 is unreachable ({exc.code})") from exc
