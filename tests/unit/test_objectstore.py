@@ -19,9 +19,9 @@ from botocore.exceptions import (
     ParamValidationError,
     ReadTimeoutError,
 )
-from service.embedded import free_port
 
 from service.errors import BackendError, BackendUnavailable
+from service.kafka.embedded import free_port
 from service.objectstore import (
     CHUNK_BYTES,
     FileLocation,

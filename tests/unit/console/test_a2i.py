@@ -9,10 +9,10 @@ from typing import Any
 
 import aioboto3
 import pytest
-from service.embedded import free_port
 
 from service.console.a2i import DeliveryError, OutputWriter
 from service.console.settings import FlowDefinition, OutputLocation
+from service.kafka.embedded import free_port
 from service.review.outputs import OutputStore
 
 FLOW = FlowDefinition(

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 import aioboto3
 import pytest
-from service.embedded import free_port
 
 from service.console.image_source import ImageSource, ImageUnavailable
 from service.fetch import FetchPolicy
+from service.kafka.embedded import free_port
 from service.messages import S3Image
 from tests.fakes.s3_answers import S3Answers, serve_s3_answers
 from tests.images import solid_png
