@@ -613,7 +613,7 @@ def test_bombs_at_once_stay_within_the_documented_memory_bound() -> None:
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     done = subprocess.run(
         [sys.executable, "-c", BOMBS_CHILD, "4000000"],
         cwd=root,
