@@ -56,9 +56,10 @@ import contextlib
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import faust
@@ -79,57 +80,80 @@ from service.errors import (
 )
 from service.http_server import Health, HttpServer
 from service.kafka.poison import Polled, UndecodableRecord
-from service.messages import DeadLetter, Headers, Source, output_headers, utc_now
+from service.messages import DeadLetter, Headers, Source
 from service.metrics import Metrics
 from service.publisher import is_refusal, publish_dead_letter
 from service.retry import full_jitter
-from service.review.answers import check_origin, decide_from_output
+from service.review.decider import (
+    CompletionArrived,
+    Config,
+    Duplicate,
+    EarlyGrew,
+    Event,
+    OrphanDue,
+    Orphaned,
+    Output,
+    OutputRead,
+    OutputUnavailable,
+    OutputUnreadable,
+    Publish,
+    ReadOutput,
+    ReadResult,
+    Requests,
+    RetryDue,
+    RetryScheduled,
+    ReviewArrived,
+    ReviewTook,
+    SendToDlq,
+    SlaDue,
+    Superseded,
+    TimedOut,
+    decide,
+    due,
+    evictions,
+    expired,
+    overdue,
+)
 from service.review.events import parse_event
 from service.review.intake import SinkIntake
-from service.review.records import parse_review_record, review_record_limit
+from service.review.records import (
+    parse_review_record,
+    review_deadline,
+    review_record_limit,
+    review_record_of,
+)
+from service.review.state import (
+    LoopState,
+    completion_of,
+    held_json,
+    held_of,
+    held_since,
+    retry_json,
+    retry_of,
+    review_of,
+)
 from service.review.store import OutputStore
 from service.settings import Settings
 from service.transactions import (
     CURRENT,
     PROBE_TIMEOUT_S,
-    Output,
     TransactionalCommitter,
     probe_transactions,
+)
+from service.transactions import (
+    Output as HeldOutput,
 )
 
 log = logging.getLogger(__name__)
 
 SLA_SWEEP_S = 5.0
 UPKEEP_S = 1.0  # the worker's heartbeat, and how often due output retries are sent back
-REQUEST_AGAIN_S = 60.0  # a sweep's command lost in a rebalance is sent again after this
 SHUTDOWN_SEND_S = 5.0  # how long a send may still wait for the broker once shutdown began
 _FORWARD_HEADROOM = 64 * 1024  # the re-keyed command wraps the record in a few bytes of JSON
-MAX_EVENTS_PER_LOOP = 8  # events held or queued for one loop; more are dead-lettered
 CHANGELOG_WAIT_S = 30.0  # exactly_once: an event's table writes must reach the broker by then
 
 #: exactly_once: the changelog writes of the event in hand, awaited before it is acknowledged.
 _CHANGES: ContextVar[list[Any] | None] = ContextVar("moderation_sink_changes", default=None)
-
-
-def _parse_time(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def _source_of(origin: Any) -> Source:
-    origin = origin if isinstance(origin, dict) else {}
-    try:
-        return Source(
-            str(origin.get("topic", "")),
-            int(origin.get("partition", -1)),
-            int(origin.get("offset", -1)),
-        )
-    except (TypeError, ValueError):
-        return Source("", -1, -1)
 
 
 class CompletionSink:
@@ -200,8 +224,17 @@ class CompletionSink:
         self.decided = app.Table("decided-loops", default=None, schema=table_schema)
         # loop -> completion waiting for the output store: command, first failure, attempts, due.
         self.retrying = app.Table("output-retries", default=None, schema=table_schema)
-        # (kind, loop) -> when a sweep last sent that command, so each is sent once at a time.
-        self._requested: dict[tuple[str, str], float] = {}
+        # The timers' commands on their way, so each is sent once at a time.
+        self._requests = Requests()
+        self.decider_config = Config(
+            fallback=review.fallback,
+            consensus=review.consensus,
+            sla_s=review.sla_s,
+            orphan_ttl_s=review.orphan_ttl_s,
+            max_early=review.max_early,
+            output_retry_s=review.output_retry_s,
+            backoff=_store_backoff,
+        )
         self._http = HttpServer(self.metrics, self.health, settings.http_host, settings.http_port)
 
         # Untrusted topics come in through our own consumer (see service.review.intake); faust
@@ -272,7 +305,7 @@ class CompletionSink:
         held = CURRENT.get()
         if held is not None:
             name = str(channel.get_topic_name())
-            held.outputs.append(Output(name, key, value, list(headers or ())))
+            held.outputs.append(HeldOutput(name, key, value, list(headers or ())))
             return
         attempt = 0
         while True:
@@ -323,14 +356,6 @@ class CompletionSink:
     async def _command(self, loop: str, command: dict[str, Any]) -> None:
         """Send a command about ``loop`` to the partition that owns it."""
         await self._send(self.by_loop, key=loop.encode(), value=orjson.dumps(command))
-
-    def _request(self, kind: str, loop: str, now: float) -> bool:
-        """True (and remembered) unless a ``kind`` command for ``loop`` is already on its way."""
-        sent = self._requested.get((kind, loop))
-        if sent is not None and now - sent < REQUEST_AGAIN_S:
-            return False
-        self._requested[(kind, loop)] = now
-        return True
 
     # -- routing onto the per-loop topic ------------------------------------------------------
 
@@ -384,7 +409,7 @@ class CompletionSink:
                 record, Reason.RECORD_TOO_LARGE, f"could not re-key it: {exc}"
             )
 
-    # -- the per-loop state machine -----------------------------------------------------------
+    # -- the per-loop decisions: the decider decides, this executes --------------------------
 
     async def _decide(self, stream: Any) -> None:
         async for event in stream.events():
@@ -415,384 +440,224 @@ class CompletionSink:
         try:
             command = orjson.loads(event.value)
             kind = command.get("kind")
-            if kind == "review":
-                await self._on_review(loop, command["record"])
-            elif kind == "completion":
-                await self._on_completion(loop, command)
-            elif kind == "sla":
-                await self._on_sla(loop)
-            elif kind == "retry":
-                await self._on_retry(loop)
-            elif kind == "orphan":
-                await self._on_orphan(loop, command)
+            decision = self._event_of(loop, kind, command)
+            if decision is not None:
+                await self._run(loop, decision)
         except PublishError:
             raise  # shutting down with a send unacknowledged: leave the event unacked
+        except InputError as exc:  # a review record the sink forwarded that is not one (a bug)
+            await self._dead_letter_event(event, exc.reason, exc.message)
         except Exception as exc:  # a bug must not stop the sink: keep the event, go on
             log.exception("failed on %s for loop %s", kind, loop)
             await self._dead_letter_event(event, Reason.INTERNAL_ERROR, repr(exc))
         self.metrics.reviews_pending.set(len(self.pending))
         self.metrics.review_early.set(len(self.early))
 
-    async def _on_review(self, loop: str, record: dict[str, Any]) -> None:
-        if self.decided.get(loop) is not None:
-            return  # a redelivered review record for a loop already decided
-        self.pending[loop] = record
-        held = self.early.pop(loop, None)
-        for command in _held_events(held):  # in arrival order: the first good answer decides
-            await self._on_completion(loop, command)
+    def _event_of(self, loop: str, kind: object, command: dict[str, Any]) -> Event | None:
+        """The decider's event for a command of the per-loop topic (None: unknown, ignored)."""
+        if kind == "review":
+            return ReviewArrived(review_record_of(command["record"]))
+        if kind == "completion":
+            return CompletionArrived(completion_of(command))
+        if kind == "sla":
+            self._requests.handled("sla", loop)
+            return SlaDue()
+        if kind == "retry":
+            self._requests.handled("retry", loop)
+            return RetryDue()
+        if kind == "orphan":
+            evict = bool(command.get("evict"))
+            self._requests.handled("evict" if evict else "orphan", loop)
+            return OrphanDue(evict, float(command.get("early_at", 0.0)))
+        return None
 
-    async def _on_completion(self, loop: str, command: dict[str, Any]) -> None:
-        if self.decided.get(loop) is not None:
-            log.info("duplicate completion for %s ignored", loop)
-            self.metrics.reviews_completed.labels(outcome="duplicate").inc()
-            return
-        record = self.pending.get(loop)
-        if record is None:
-            await self._hold(loop, command)
-            return
-        retry = self.retrying.get(loop)
-        if isinstance(retry, dict):
-            # Another event of this loop waits for the output store: this one waits behind it
-            # (it may be the genuine answer where the first is forged), within bounds.
-            queued = list(retry.get("queued", []))
-            if len(queued) >= MAX_EVENTS_PER_LOOP:
-                await self._dead_letter_command(
-                    command,
-                    Reason.UNREADABLE_OUTPUT,
-                    f"more than {MAX_EVENTS_PER_LOOP} events wait for loop {loop!r}'s output",
-                )
-                return
-            self.retrying[loop] = {**retry, "queued": [*queued, command]}
-            return
-        await self._finish(loop, record, command)
-
-    async def _hold(self, loop: str, command: dict[str, Any]) -> None:
-        """Its review record has not arrived yet: keep the event (every one), within bounds."""
-        held = self.early.get(loop)
-        events = _held_events(held)
-        if len(events) >= MAX_EVENTS_PER_LOOP:
-            self.metrics.review_orphans.labels(why="overflow").inc()
-            await self._dead_letter_command(
-                command,
-                Reason.ORPHAN_COMPLETION,
-                f"more than {MAX_EVENTS_PER_LOOP} events held for loop {loop!r} without its "
-                "review record",
+    async def _run(self, loop: str, event: Event) -> None:
+        """Feed the event to the decider, store its state, carry out its outputs; an output
+        read's answer is the next event, until the decider asks for nothing more."""
+        state = await self._load(loop)
+        next_event: Event | None = event
+        while next_event is not None:
+            new, outputs = decide(
+                state, next_event, loop=loop, now=time.time(), config=self.decider_config
             )
-            return
-        since = held.get("early_at") if isinstance(held, dict) else None
-        self.early[loop] = {
-            "events": [*events, command],
-            "early_at": since if isinstance(since, int | float) else time.time(),
-        }
-        await self._bound_early()
+            self._store(loop, state, new)  # the decision is recorded before it is sent
+            state, next_event = new, None
+            for output in outputs:
+                if isinstance(output, ReadOutput):  # always the last one
+                    next_event = await self._read(output.uri)
+                else:
+                    await self._execute(loop, output)
 
-    async def _bound_early(self) -> None:
-        """Over ``MODERATION_SINK_MAX_EARLY``: send the oldest held events to the DLQ."""
-        limit = self.settings.review.max_early
-        evicting = {loop for kind, loop in self._requested if kind == "evict"}
-        excess = len(self.early) - limit - len(evicting)
-        if excess <= 0:
-            return
-        now = time.time()
-        victims: list[tuple[str, float]] = []
-        for loop, held in self.early.items():  # insertion order: the oldest first
-            if loop in evicting or not isinstance(held, dict):
-                continue
-            victims.append((loop, float(held.get("early_at", 0.0))))
-            if len(victims) >= excess:
-                break
-        for loop, held_since in victims:
-            self._requested[("evict", loop)] = now
-            await self._command(loop, {"kind": "orphan", "evict": True, "early_at": held_since})
-
-    async def _on_orphan(self, loop: str, command: dict[str, Any]) -> None:
-        evict = bool(command.get("evict"))
-        self._requested.pop(("evict" if evict else "orphan", loop), None)
-        held = self.early.get(loop)
-        if not isinstance(held, dict):
-            return  # its review record came in time after all
-        held_since = float(held.get("early_at", 0.0))
-        age = time.time() - held_since
-        if evict:
-            if held_since > float(command.get("early_at", 0.0)):
-                return  # a newer event for this loop replaced the one chosen for eviction
-            why = "evicted"
-            message = (
-                f"no review record for loop {loop!r}; evicted after {age:.0f}s because "
-                f"more than MODERATION_SINK_MAX_EARLY ({self.settings.review.max_early}) "
-                "events were waiting"
-            )
-        else:
-            if age < self.settings.review.orphan_ttl_s:
-                return
-            why = "expired"
-            message = (
-                f"no review record for loop {loop!r} within MODERATION_SINK_ORPHAN_TTL_S "
-                f"({self.settings.review.orphan_ttl_s:g}s)"
-            )
-        self.early.pop(loop, None)
-        for event in _held_events(held):
-            self.metrics.review_orphans.labels(why=why).inc()
-            await self._dead_letter_command(event, Reason.ORPHAN_COMPLETION, message)
-
-    async def _on_sla(self, loop: str) -> None:
-        self._requested.pop(("sla", loop), None)
-        record = self.pending.get(loop)
-        if record is None or self.decided.get(loop) is not None:
-            return
-        self.metrics.reviews_timed_out.inc()
-        queued = self._clear_retry(loop)
-        await self._fallback(loop, record, "review SLA exceeded")
-        await self._replay(loop, queued)
-
-    async def _on_retry(self, loop: str) -> None:
-        self._requested.pop(("retry", loop), None)
-        entry = self.retrying.get(loop)
-        if not isinstance(entry, dict):
-            return
-        record = self.pending.get(loop)
-        if record is None or self.decided.get(loop) is not None:
-            self.retrying.pop(loop, None)
-            return
-        await self._finish(loop, record, entry["command"])
-
-    async def _finish(self, loop: str, record: dict[str, Any], command: dict[str, Any]) -> None:
-        raw_event = orjson.dumps(command["event"])
+    async def _load(self, loop: str) -> LoopState:
+        """The loop's state from the tables."""
+        stored = self.pending.get(loop)
         try:
-            parsed = parse_event(raw_event)
-            if parsed.status != "Completed":
-                why = f"human loop {parsed.status}"
-                if parsed.failure_code:
-                    why += f" ({parsed.failure_code}: {parsed.failure_reason or ''})"
-                if parsed.expired:
-                    self.metrics.reviews_timed_out.inc()
-                queued = self._clear_retry(loop)
-                await self._fallback(loop, record, why)
-                await self._replay(loop, queued)
-                return
-            assert parsed.output_uri is not None
-            raw = await self.store.read(parsed.output_uri)
-            human = decide_from_output(raw, self.settings.review.consensus)
-            record_flow = (record.get("review") or {}).get("flow_definition_arn")
-            check_origin(
-                human,
-                loop=loop,
-                path_flow_name=parsed.output_flow_name,
-                event_flow_arn=parsed.flow_definition_arn,
-                record_flow_arn=record_flow if isinstance(record_flow, str) else None,
-            )
-        except BackendError as exc:
-            await self._retry_later(loop, command, exc)
-            return
+            review = review_of(stored)
         except InputError as exc:
-            # Unusable or forged answers: the event goes to the DLQ; the review stays pending,
-            # so the next event or the SLA fallback still decides it.
-            queued = self._clear_retry(loop)
-            await self._dead_letter_command(command, exc.reason, exc.message)
-            await self._replay(loop, queued)
-            return
-        queued = self._clear_retry(loop)
-        created = _parse_time(record.get("review", {}).get("created_at"))
-        answered = _parse_time(human.submitted_at) or _parse_time(parsed.time) or time.time()
-        duration = max(0.0, answered - created) if created is not None else None
-        if duration is not None:
-            self.metrics.review_duration.observe(duration)
-        reasons = [
-            {
-                "rule": "human_review",
-                "policy": f"consensus:{self.settings.review.consensus}",
-                "answers": human.answers,
-                "rejecting": human.rejecting,
-            }
-        ]
-        extra = {
-            "human_review": {
-                "human_loop_name": loop,
-                "workers": human.workers,
-                "answers": human.answers,
-                "rejecting": human.rejecting,
-                "consensus": self.settings.review.consensus,
-                "duration_s": duration,
-                "model_labels": record.get("labels", []),
-                "output_uri": parsed.output_uri,
-            }
-        }
-        labels = [label.as_json() for label in human.labels]
-        await self._publish_final(
-            loop=loop,
-            record=record,
-            verdict=human.verdict,
-            decided_by="human",
-            labels=labels,
-            reasons=reasons,
-            extra=extra,
+            # Only an older sink, which did not check records at the door, could have kept it:
+            # dead-letter it once, as the door would have, and go on without it.
+            log.error("loop %s: its stored review record is not one (%s)", loop, exc.message)
+            self.pending.pop(loop, None)
+            value = orjson.dumps(stored)
+            await self._dead_letter(
+                DeadLetter(Source("pending-reviews", -1, -1), None, value, exc.reason, exc.message)
+            )
+            review = None
+        decided = self.decided.get(loop)
+        return LoopState(
+            review=review,
+            held=held_of(self.early.get(loop)),
+            decided=str(decided) if decided is not None else None,
+            retry=retry_of(self.retrying.get(loop)),
         )
-        await self._replay(loop, queued)
 
-    def _clear_retry(self, loop: str) -> list[dict[str, Any]]:
-        """Forget the loop's retry; returns the events that waited behind it."""
-        entry = self.retrying.pop(loop, None) if loop in self.retrying else None
-        queued = entry.get("queued") if isinstance(entry, dict) else None
-        return list(queued) if isinstance(queued, list) else []
+    def _store(self, loop: str, old: LoopState, new: LoopState) -> None:
+        """Write what changed (each write is a changelog record)."""
+        if new.review is not old.review:
+            if new.review is None:
+                self.pending.pop(loop, None)
+            else:
+                self.pending[loop] = new.review.raw
+        if new.held is not old.held:
+            if new.held is None:
+                self.early.pop(loop, None)
+            else:
+                self.early[loop] = held_json(new.held)
+        if new.decided != old.decided:
+            if new.decided is None:
+                self.decided.pop(loop, None)
+            else:
+                self.decided[loop] = new.decided
+        if new.retry is not old.retry:
+            if new.retry is None:
+                self.retrying.pop(loop, None)
+            else:
+                self.retrying[loop] = retry_json(new.retry)
 
-    async def _replay(self, loop: str, queued: list[dict[str, Any]]) -> None:
-        """Events that waited behind a settled one: a duplicate now, or the next answer."""
-        for command in queued:
-            await self._on_completion(loop, command)
+    async def _read(self, uri: str) -> ReadResult:
+        """One read of an ``output.json``, bounded by the store's timeouts, never retried here."""
+        try:
+            data = await self.store.read(uri)
+        except BackendError as exc:
+            return OutputUnavailable(str(exc))
+        except InputError as exc:
+            return OutputUnreadable(exc.reason, exc.message)
+        return OutputRead(data)
 
-    async def _retry_later(self, loop: str, command: dict[str, Any], exc: BackendError) -> None:
-        """The store is unavailable: try again after a backoff, until the deadline passes."""
-        now = time.time()
-        entry = self.retrying.get(loop)
-        entry = entry if isinstance(entry, dict) else {}
-        first = float(entry.get("first_failure", now))
-        attempts = int(entry.get("attempts", 0)) + 1
-        waited = now - first
-        if waited >= self.settings.review.output_retry_s:
-            queued = self._clear_retry(loop)
-            await self._dead_letter_command(
-                command,
-                Reason.UNREADABLE_OUTPUT,
-                f"output store unavailable for {waited:.0f}s ({attempts} attempts): {exc}",
-                attempts=attempts,
+    async def _execute(self, loop: str, output: Output) -> None:
+        metrics = self.metrics
+        if isinstance(output, Publish):
+            await self._publish(loop, output)
+        elif isinstance(output, SendToDlq):
+            completion = output.completion
+            value = orjson.dumps(completion.event)
+            await self._dead_letter(
+                DeadLetter(
+                    completion.source,
+                    None,
+                    value,
+                    output.reason,
+                    output.message,
+                    attempts=output.attempts,
+                )
             )
-            await self._replay(loop, queued)
-            return
-        delay = full_jitter(attempts, base=1.0, cap=30.0)
-        log.warning("output store unavailable for loop %s (%s); retry in %.1fs", loop, exc, delay)
-        self.retrying[loop] = {
-            "command": command,
-            "first_failure": first,
-            "attempts": attempts,
-            "next_at": now + delay,
-            "queued": entry.get("queued", []),
-        }
-
-    async def _fallback(self, loop: str, record: dict[str, Any], why: str) -> None:
-        action = self.settings.review.fallback
-        reasons = [{"rule": "review_fallback", "policy": f"fallback:{action}", "why": why}]
-        if action == "requeue":
-            requeued = dict(record)
-            review = dict(record.get("review", {}))
-            review["requeued"] = int(review.get("requeued", 0)) + 1
-            review["requeue_reason"] = why
-            now = time.time()
-            review["created_at"] = _iso(now)
-            review["deadline"] = _iso(now + self.settings.review.sla_s)
-            requeued["review"] = review
-            self.pending[loop] = requeued
-            request_id = str(record.get("id", ""))
-            await self._publish(
-                self.reviews,
-                key=request_id.encode(),
-                value=orjson.dumps(requeued),
-                headers=output_headers([], verdict="review", decided_by="fallback", id=request_id),
-                record=record,
+        elif isinstance(output, Duplicate):
+            log.info("duplicate completion for %s ignored", loop)
+            metrics.reviews_completed.labels(outcome="duplicate").inc()
+        elif isinstance(output, Superseded):
+            log.info("a completion for %s was set aside: the loop was decided meanwhile", loop)
+        elif isinstance(output, TimedOut):
+            metrics.reviews_timed_out.inc()
+        elif isinstance(output, Orphaned):
+            metrics.review_orphans.labels(why=output.why).inc()
+        elif isinstance(output, ReviewTook):
+            metrics.review_duration.observe(output.seconds)
+        elif isinstance(output, RetryScheduled):
+            log.warning(
+                "output store unavailable for loop %s (%s); retry in %.1fs",
+                loop,
+                output.error,
+                output.delay_s,
             )
+        elif isinstance(output, EarlyGrew):
+            await self._bound_early()
+        # StaleReview: a redelivered review record for a decided loop; nothing to do.
+
+    async def _publish(self, loop: str, output: Publish) -> None:
+        """Send a verdict or a requeued review; one the broker refuses goes to the DLQ instead."""
+        record = output.record
+        try:
+            await self._send(
+                self.outputs[output.topic],
+                key=record.key,
+                value=record.value,
+                headers=record.headers,
+            )
+            sent = True
+        except RecordRefused as exc:
+            await self._dead_letter(
+                DeadLetter(
+                    source=output.source,
+                    key=record.key,
+                    value=record.value,
+                    headers=record.headers,
+                    reason=Reason.OUTPUT_TOO_LARGE,
+                    message=str(exc),
+                    request_id=output.request_id or None,
+                )
+            )
+            sent = False
+        if output.topic == "review":
             self.metrics.reviews_completed.labels(outcome="requeued").inc()
             return
-        verdict = "rejected" if action == "reject" else "approved"
-        labels = list(record.get("labels", []))
-        extra = {"human_review": {"human_loop_name": loop, "fallback": action, "why": why}}
-        await self._publish_final(
-            loop=loop,
-            record=record,
-            verdict=verdict,
-            decided_by="fallback",
-            labels=labels,
-            reasons=reasons,
-            extra=extra,
-        )
-
-    async def _publish_final(
-        self,
-        *,
-        loop: str,
-        record: dict[str, Any],
-        verdict: str,
-        decided_by: str,
-        labels: list[dict[str, Any]],
-        reasons: list[dict[str, Any]],
-        extra: dict[str, Any],
-    ) -> None:
-        final = {
-            "schema_version": 1,
-            "id": record.get("id"),
-            "verdict": verdict,
-            "decided_by": decided_by,
-            "labels": labels,
-            "model_version": record.get("model_version"),
-            "reasons": reasons,
-            "attributes": record.get("attributes"),
-            "image": record.get("image"),
-            "source": record.get("source"),
-            "received_at": record.get("received_at"),
-            "decided_at": utc_now(),
-            **extra,
-        }
-        request_id = str(record.get("id", ""))
-        # Record the decision first: if the process dies after this, a redelivered event is
-        # recognised as a duplicate (at worst the verdict below is the one thing repeated).
-        self.decided[loop] = verdict
-        self.pending.pop(loop, None)
-        sent = await self._publish(
-            self.outputs[verdict],
-            key=request_id.encode(),
-            value=orjson.dumps(final),
-            headers=output_headers([], verdict=verdict, decided_by=decided_by, id=request_id),
-            record=record,
-        )
         if not sent:
             return
+        verdict, decided_by = output.topic, output.decided_by
         self.metrics.verdicts.labels(verdict=verdict, decided_by=decided_by).inc()
         outcome = verdict if decided_by == "human" else f"fallback_{verdict}"
         self.metrics.reviews_completed.labels(outcome=outcome).inc()
         log.info(
-            "loop %s decided: %s by %s", loop, verdict, decided_by, extra={"message_id": request_id}
+            "loop %s decided: %s by %s",
+            loop,
+            verdict,
+            decided_by,
+            extra={"message_id": output.request_id},
         )
 
-    async def _publish(
-        self,
-        channel: Any,
-        *,
-        key: bytes,
-        value: bytes,
-        headers: list[tuple[str, bytes]],
-        record: dict[str, Any],
-    ) -> bool:
-        """Send one of our outputs; one the broker refuses goes to the DLQ in its place."""
-        try:
-            await self._send(channel, key=key, value=value, headers=headers)
-        except RecordRefused as exc:
-            await self._dead_letter(
-                DeadLetter(
-                    source=_source_of(record.get("source")),
-                    key=key,
-                    value=value,
-                    headers=headers,
-                    reason=Reason.OUTPUT_TOO_LARGE,
-                    message=str(exc),
-                    request_id=str(record.get("id", "")) or None,
-                )
-            )
-            return False
-        return True
+    async def _bound_early(self) -> None:
+        """Over ``MODERATION_SINK_MAX_EARLY``: send the oldest held events to the DLQ."""
+        victims = evictions(
+            len(self.early),
+            self._held_since(),
+            limit=self.settings.review.max_early,
+            evicting=self._requests.evicting(),
+        )
+        now = time.time()
+        for loop, since in victims:
+            self._requests.sent("evict", loop, now)
+            await self._command(loop, {"kind": "orphan", "evict": True, "early_at": since})
+
+    def _held_since(self) -> Iterator[tuple[str, float]]:
+        """(loop, held since) of each loop holding events, oldest first (insertion order)."""
+        for loop, value in self.early.items():
+            since = held_since(value)
+            if since is not None:
+                yield loop, since
 
     # -- timers: they only send commands; the loop's own partition acts on them ------------------
 
     async def _sla_sweep(self) -> None:
         now = time.time()
         try:
-            for loop, record in list(self.pending.items()):
-                deadline = _parse_time((record or {}).get("review", {}).get("deadline"))
-                if deadline is not None and deadline < now and self._request("sla", loop, now):
+            deadlines = [
+                (loop, _epoch(review_deadline(record)))
+                for loop, record in list(self.pending.items())
+            ]
+            for loop in overdue(deadlines, now):
+                if self._requests.ask("sla", loop, now):
                     await self._command(loop, {"kind": "sla"})
-            ttl = self.settings.review.orphan_ttl_s
-            for loop, held in list(self.early.items()):
-                held_since = held.get("early_at") if isinstance(held, dict) else None
-                if not isinstance(held_since, int | float):
-                    continue
-                if now - held_since >= ttl and self._request("orphan", loop, now):
+            for loop in expired(self._held_since(), now, self.settings.review.orphan_ttl_s):
+                if self._requests.ask("orphan", loop, now):
                     await self._command(loop, {"kind": "orphan"})
         except RecordRefused:
             log.exception("sweep could not send a command")  # tiny commands: never expected
@@ -802,13 +667,13 @@ class CompletionSink:
         self.health.polled()
         now = time.time()
         try:
-            for loop, entry in list(self.retrying.items()):
-                due = entry.get("next_at") if isinstance(entry, dict) else None
-                if (
-                    isinstance(due, int | float)
-                    and due <= now
-                    and self._request("retry", loop, now)
-                ):
+            waiting = [
+                (loop, retry.next_at)
+                for loop, value in list(self.retrying.items())
+                if (retry := retry_of(value)) is not None
+            ]
+            for loop in due(waiting, now):
+                if self._requests.ask("retry", loop, now):
                     await self._command(loop, {"kind": "retry"})
         except RecordRefused:
             log.exception("upkeep could not send a command")
@@ -832,14 +697,6 @@ class CompletionSink:
         await self._dead_letter(
             DeadLetter(source, record.key, record.value, reason, message, headers=headers)
         )
-
-    async def _dead_letter_command(
-        self, command: dict[str, Any], reason: str, message: str, *, attempts: int = 1
-    ) -> None:
-        """Dead-letter a completion event held in a command, pointing at where it came from."""
-        value = orjson.dumps(command.get("event"))
-        source = _source_of(command.get("source"))
-        await self._dead_letter(DeadLetter(source, None, value, reason, message, attempts=attempts))
 
     async def _dead_letter(self, letter: DeadLetter) -> None:
         source = letter.source
@@ -974,18 +831,13 @@ class _SinkWorker(faust.Worker):
         await super().on_stop()
 
 
-def _held_events(held: object) -> list[dict[str, Any]]:
-    """The events an ``early`` entry holds, oldest first."""
-    events = held.get("events") if isinstance(held, dict) else None
-    return (
-        [event for event in events if isinstance(event, dict)] if isinstance(events, list) else []
-    )
+def _epoch(moment: datetime | None) -> float | None:
+    return None if moment is None else moment.timestamp()
 
 
-def _iso(epoch: float) -> str:
-    return (
-        datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
+def _store_backoff(attempts: int) -> float:
+    """Seconds until the output store is asked again after ``attempts`` failures."""
+    return full_jitter(attempts, base=1.0, cap=30.0)
 
 
 def run_sink(settings: Settings) -> None:
