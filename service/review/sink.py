@@ -1,6 +1,6 @@
 """The completion sink (faust-streaming): reviewers' answers back into the stream as verdicts.
 
-Two inputs, one state machine per human loop:
+Two inputs, one decision per human loop:
 
 * the **review topic** (our own pipeline's review records), so the final verdict can carry the
   original request even when the completion event arrives first;
@@ -9,28 +9,25 @@ Two inputs, one state machine per human loop:
   writes the same events and the same ``output.json``.
 
 Both are read by the sink's own consumer (:mod:`service.review.intake`, which survives records
-the Kafka client cannot decode) and re-keyed by loop name onto one internal topic, so every
-decision about a loop happens in one partition, next to its state in changelog-backed tables:
+the Kafka client cannot decode), checked at the door (review records by the parser the console
+uses too, :func:`~service.review.records.parse_review_record`; events by
+:func:`~service.review.events.parse_event`, after a size check) and re-keyed by loop name onto one
+internal topic, so every decision about a loop happens in one partition, next to its state in
+changelog-backed tables (:mod:`service.review.state`).
 
-* ``pending``: loop -> review record, waiting for people;
-* ``early``: loop -> completion event that arrived before its review record;
-* ``decided``: loop -> final verdict; a second event for a decided loop (EventBridge delivers at
-  least once) is counted and ignored, never a second verdict.
-
-``Completed`` loops are decided from ``output.json`` (see :mod:`service.review.answers`);
-``Failed``, ``Stopped`` and expired loops, and reviews past their SLA, get the configured fallback
-(``reject``, ``approve`` or ``requeue``) with ``decided_by: fallback``. Malformed events and
-unreadable outputs go to the DLQ; the sink never stops on bad input.
+The decisions themselves are :func:`service.review.decider.decide`, a pure function; this module
+is the adapter around it. For each event of the per-loop topic it loads the loop's state from
+the tables, feeds the event (and the time) to the decider, writes back what changed, then carries
+out the decider's outputs in order: a verdict or requeued review record to its topic, a dead
+letter, a metric, a log line, or a read of ``output.json`` whose answer it feeds back as the
+next event. Timers only send commands (``sla``, ``orphan``, ``retry``) to the loop's own
+partition; which loops are due is decided by the decider's helpers too.
 
 No event can hold the others up. An agent handles its partition's events one at a time, so
 nothing in an agent sleeps: a read of ``output.json`` is one attempt bounded by timeouts, and when
 the store is unavailable the event waits in ``output-retries`` (a table) while a timer sends it
-back to its loop when its backoff is over; past ``MODERATION_SINK_OUTPUT_RETRY_S`` it is
-dead-lettered (``unreadable_output``) and the review stays pending for its SLA. Events are
-checked before anything is read (size, URI, the loop's own prefix), answers are checked against
-the loop they claim (``forged_event``), events held for loops that never get a review record are
-bounded in age and number (``orphan_completion``), and every send waits for the broker's answer:
-a record the broker refuses for good is dead-lettered instead of killing the agent.
+back to its loop when its backoff is over. Every send waits for the broker's answer: a record the
+broker refuses for good is dead-lettered instead of killing the agent.
 
 ``at_least_once`` (the default) de-duplicates by loop: a graceful restart (SIGTERM) emits no
 duplicate; a SIGKILL between sending a verdict and recording the loop as decided can repeat that
@@ -80,7 +77,7 @@ from service.errors import (
 )
 from service.http_server import Health, HttpServer
 from service.kafka.poison import Polled, UndecodableRecord
-from service.messages import DeadLetter, Headers, Source
+from service.messages import DeadLetter, Headers, Source, id_of_invalid
 from service.metrics import Metrics
 from service.publisher import is_refusal, publish_dead_letter
 from service.retry import full_jitter
@@ -209,13 +206,13 @@ class CompletionSink:
         )
         self.reviews = app.topic(kafka.review_topic)
         self.by_loop = app.topic(f"{app.conf.id}-by-loop", internal=True, partitions=partitions)
-        self.outputs = {
+        self.output_topics = {
             "approved": app.topic(kafka.approved_topic),
             "rejected": app.topic(kafka.rejected_topic),
             "review": self.reviews,
             "dlq": app.topic(kafka.dlq_topic),
         }
-        self._channels = {channel.get_topic_name(): channel for channel in self.outputs.values()}
+        self._channels = {topic.get_topic_name(): topic for topic in self.output_topics.values()}
         table_schema: Any = faust.Schema(
             key_type=str, value_type=None, key_serializer="raw", value_serializer="json"
         )
@@ -360,14 +357,18 @@ class CompletionSink:
     # -- routing onto the per-loop topic ------------------------------------------------------
 
     async def route_review(self, record: Polled) -> None:
-        """A record of the review topic: re-keyed by loop, or dead-lettered."""
+        """A record of the review topic: re-keyed by loop, or dead-lettered (with its request id
+        when it has a usable one, as the console's intake does)."""
+        request_id = id_of_invalid(record.value, self._max_review_bytes)
         if isinstance(record, UndecodableRecord):
-            await self._dead_letter_record(record, Reason.UNDECODABLE_RECORD, record.error)
+            await self._dead_letter_record(
+                record, Reason.UNDECODABLE_RECORD, record.error, request_id=request_id
+            )
             return
         try:
             review = parse_review_record(record.value, max_bytes=self._max_review_bytes)
         except InputError as exc:
-            await self._dead_letter_record(record, exc.reason, exc.message)
+            await self._dead_letter_record(record, exc.reason, exc.message, request_id=request_id)
             return
         await self._forward(record, review.loop_name, {"kind": "review", "record": review.raw})
 
@@ -588,7 +589,7 @@ class CompletionSink:
         record = output.record
         try:
             await self._send(
-                self.outputs[output.topic],
+                self.output_topics[output.topic],
                 key=record.key,
                 value=record.value,
                 headers=record.headers,
@@ -690,12 +691,22 @@ class CompletionSink:
             DeadLetter(source, msg.key, msg.value, reason, message, headers=headers)
         )
 
-    async def _dead_letter_record(self, record: Polled, reason: str, message: str) -> None:
+    async def _dead_letter_record(
+        self, record: Polled, reason: str, message: str, *, request_id: str | None = None
+    ) -> None:
         """A record of the review or completions topic, as the intake read it."""
         source = Source(record.topic, record.partition, record.offset)
         headers = list(record.headers or ())
         await self._dead_letter(
-            DeadLetter(source, record.key, record.value, reason, message, headers=headers)
+            DeadLetter(
+                source,
+                record.key,
+                record.value,
+                reason,
+                message,
+                headers=headers,
+                request_id=request_id,
+            )
         )
 
     async def _dead_letter(self, letter: DeadLetter) -> None:
