@@ -204,6 +204,118 @@ def reading_state(first: Completion | None = None) -> LoopState:
     return state
 
 
+# -- every event in every state ------------------------------------------------------------
+
+LATER = T0 + 1000  # past the orphan TTL of a hold that began at T0 - 60
+BUG = "ValueError"
+
+STATES = {
+    "empty": LoopState,
+    "held": lambda: held_state(completion()),
+    "pending": lambda: PENDING,
+    "waiting": lambda: waiting_state(completion()),
+    "reading": reading_state,
+    "decided": lambda: DECIDED,
+}
+EVENTS = {
+    "review": lambda: ReviewArrived(review()),
+    "completed": lambda: CompletionArrived(completion()),
+    "failed": lambda: CompletionArrived(completion(status="Failed")),
+    "sla": SlaDue,
+    "retry": RetryDue,
+    "orphan": OrphanDue,
+    "evict": lambda: OrphanDue(evict=True, chosen_since=T0 - 60),
+    "read": lambda: OutputRead(output()),
+    "unreadable": lambda: OutputUnreadable(Reason.UNREADABLE_OUTPUT, "NoSuchKey"),
+    "unavailable": lambda: OutputUnavailable("down"),
+}
+READS = {"read": BUG, "unreadable": BUG, "unavailable": BUG}
+NOT_WHILE_READING = dict.fromkeys(["review", "completed", "failed", "sla", "retry"], BUG)
+#: state -> event -> the outputs' kinds (or the error a contract violation raises).
+EXPECTED: dict[str, dict[str, str | list[str]]] = {
+    "empty": {
+        "review": [],
+        "completed": ["EarlyGrew"],
+        "failed": ["EarlyGrew"],
+        "sla": [],
+        "retry": [],
+        "orphan": [],
+        "evict": [],
+        **READS,
+    },
+    "held": {
+        "review": ["ReadOutput"],
+        "completed": ["EarlyGrew"],
+        "failed": ["EarlyGrew"],
+        "sla": [],
+        "retry": [],
+        "orphan": ["Orphaned", "SendToDlq"],
+        "evict": ["Orphaned", "SendToDlq"],
+        **READS,
+    },
+    "pending": {
+        "review": [],
+        "completed": ["ReadOutput"],
+        "failed": ["Publish"],
+        "sla": ["TimedOut", "Publish"],
+        "retry": [],
+        "orphan": [],
+        "evict": [],
+        **READS,
+    },
+    "waiting": {
+        "review": [],
+        "completed": [],  # queued behind the one waiting for the store
+        "failed": [],
+        "sla": ["TimedOut", "Superseded", "Publish"],
+        "retry": ["ReadOutput"],
+        "orphan": [],
+        "evict": [],
+        **READS,
+    },
+    "reading": {
+        **NOT_WHILE_READING,
+        "orphan": BUG,
+        "evict": BUG,
+        "read": ["ReviewTook", "Publish"],
+        "unreadable": ["SendToDlq"],
+        "unavailable": ["RetryScheduled"],
+    },
+    "decided": {
+        "review": ["StaleReview"],
+        "completed": ["Duplicate"],
+        "failed": ["Duplicate"],
+        "sla": [],
+        "retry": [],
+        "orphan": [],
+        "evict": [],
+        **READS,
+    },
+}
+
+
+def test_the_table_covers_every_state_and_event() -> None:
+    assert set(EXPECTED) == set(STATES)
+    assert all(set(row) == set(EVENTS) for row in EXPECTED.values())
+
+
+@pytest.mark.parametrize("event_name", list(EVENTS))
+@pytest.mark.parametrize("state_name", list(STATES))
+def test_every_event_in_every_state(state_name: str, event_name: str) -> None:
+    expected = EXPECTED[state_name][event_name]
+    state = STATES[state_name]()
+    event = EVENTS[event_name]()
+    if expected == BUG:
+        with pytest.raises(ValueError, match="output read"):
+            run(state, event, now=LATER)
+        return
+    new, outputs = run(state, event, now=LATER)
+    assert kinds(outputs) == expected
+    assert new.reading is None or isinstance(outputs[-1], ReadOutput)
+    if new.decided is not None:
+        assert new.review is None and new.held is None and new.retry is None
+
+
 # -- review records -----------------------------------------------------------------------
 
 
