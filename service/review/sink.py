@@ -36,14 +36,9 @@ one verdict, with the same key.
 ``exactly_once`` (MODERATION_PROCESSING_GUARANTEE; the broker must have transactions, checked at
 start) makes both stages transactional. The intake holds each record's sends and commits them
 with its input offsets (:mod:`service.review.intake`). The deciding stage runs faust's own
-``processing_guarantee="exactly_once"`` (read_committed consumer and table recovery, one
-transactional producer per per-loop partition, ``{app}-{group}-{partition}``, committing its
-changelog writes with the partition's offsets), with three corrections (:class:`_SinkTransactions`):
-a verdict or dead letter goes into the transaction of the event that produced it (faust would
-pick the producer of the *output's* partition, another transaction or none); a commit waits for
-the event in hand, whose changelog writes are delivered first, so a transaction never holds
-half an event; and a commit that fails stops the worker instead of being logged and passed over
-(a restart resumes from the last committed transaction).
+``processing_guarantee="exactly_once"``, with the corrections in :mod:`service.review.faust_eos`
+(outputs in the transaction of the event that produced them, no commit in the middle of an event,
+a failed commit stops the worker).
 """
 
 from __future__ import annotations
@@ -54,7 +49,6 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
-from contextvars import ContextVar
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -64,8 +58,6 @@ import mode
 import orjson
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
-from faust.streams import current_event
-from faust.transport.consumer import TransactionManager
 
 from service.errors import (
     BackendError,
@@ -112,6 +104,7 @@ from service.review.decider import (
     overdue,
 )
 from service.review.events import parse_event
+from service.review.faust_eos import EventGate, RecordedTable, SinkApp
 from service.review.intake import SinkIntake
 from service.review.records import (
     parse_review_record,
@@ -147,10 +140,6 @@ SLA_SWEEP_S = 5.0
 UPKEEP_S = 1.0  # the worker's heartbeat, and how often due output retries are sent back
 SHUTDOWN_SEND_S = 5.0  # how long a send may still wait for the broker once shutdown began
 _FORWARD_HEADROOM = 64 * 1024  # the re-keyed command wraps the record in a few bytes of JSON
-CHANGELOG_WAIT_S = 30.0  # exactly_once: an event's table writes must reach the broker by then
-
-#: exactly_once: the changelog writes of the event in hand, awaited before it is acknowledged.
-_CHANGES: ContextVar[list[Any] | None] = ContextVar("moderation_sink_changes", default=None)
 
 
 class CompletionSink:
@@ -169,14 +158,12 @@ class CompletionSink:
         # What the pipeline may write to the review topic, the sink must be able to forward.
         self._max_review_bytes = review_record_limit(kafka.max_input_bytes)
         self.exactly_once = kafka.processing_guarantee == "exactly_once"
-        #: exactly_once: held by the agent through one event, and by every commit.
-        self.event_lock = asyncio.Lock()
-        #: exactly_once: set when an event stopped half done; nothing is committed after it.
-        self.broken = False
-        eos: dict[str, Any] = {"Table": _RecordedTable} if self.exactly_once else {}
-        self.app = _SinkApp(
-            self,
+        #: exactly_once: one event at a time against the commits (see service.review.faust_eos).
+        self.gate = EventGate() if self.exactly_once else None
+        eos: dict[str, Any] = {"Table": RecordedTable} if self.exactly_once else {}
+        self.app = SinkApp(
             f"{kafka.group_id}-review-sink",
+            gate=self.gate,
             broker=f"kafka://{bootstrap}",
             store="memory://",
             key_serializer="raw",
@@ -414,26 +401,11 @@ class CompletionSink:
 
     async def _decide(self, stream: Any) -> None:
         async for event in stream.events():
-            if not self.exactly_once:
+            if self.gate is None:
                 await self._decide_one(event)
                 continue
-            async with self.event_lock:  # no commit in the middle of an event
-                changes: list[Any] = []
-                token = _CHANGES.set(changes)
-                try:
-                    await self._decide_one(event)
-                    # Its table writes are in the producer before the event is acknowledged.
-                    await asyncio.wait_for(asyncio.gather(*changes), CHANGELOG_WAIT_S)
-                except PublishError:
-                    self.broken = True  # half an event: its transaction must never commit
-                    raise
-                except Exception as exc:  # its table writes failed: stop, a restart redoes it
-                    self.broken = True
-                    log.error("an event's table writes failed (%r); the worker stops", exc)
-                    await self.app.crash(exc)
-                    raise
-                finally:
-                    _CHANGES.reset(token)
+            async with self.gate.event(self.app):  # exactly_once: never half an event
+                await self._decide_one(event)
 
     async def _decide_one(self, event: Any) -> None:
         loop = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
@@ -733,85 +705,6 @@ class CompletionSink:
     async def publish(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
         """The publishing protocol the shared dead-letter code speaks, over faust's topics."""
         await self._send(self._channels[topic], key=key, value=value, headers=headers)
-
-
-class _SinkApp(faust.App):
-    """The faust app; under exactly_once its transport makes :class:`_SinkTransactions`."""
-
-    def __init__(self, sink: CompletionSink, app_id: str, **options: Any) -> None:
-        super().__init__(app_id, **options)
-        self.moderation_sink = sink
-
-    def _new_transport(self) -> Any:
-        transport = super()._new_transport()
-        if self.moderation_sink.exactly_once:
-            transport.TransactionManager = _SinkTransactions  # type: ignore[misc]
-        return transport
-
-
-class _RecordedTable(faust.Table[Any, Any]):
-    """exactly_once: a table whose writes the event in hand waits for (see ``_CHANGES``)."""
-
-    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
-        sent = super().send_changelog(*args, **kwargs)
-        changes = _CHANGES.get()
-        if changes is not None:
-            changes.append(sent)
-        return sent
-
-
-class _SinkTransactions(TransactionManager):
-    """faust's exactly_once producers, corrected for the sink (see the module docstring)."""
-
-    async def send(  # noqa: PLR0917  # faust's signature
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        partition: int | None,
-        timestamp: float | None,
-        headers: Any,
-        *,
-        transactional_id: str | None = None,
-    ) -> Any:
-        event = current_event()
-        if event is None:  # table writes from faust's buffer, timers: by destination partition
-            return await super().send(topic, key, value, partition, timestamp, headers)
-        source = event.message.tp  # the per-loop partition whose transaction this belongs to
-        group = self.app.assignor.group_for_topic(source.topic)
-        owner = f"{self.app.conf.id}-{group}-{source.partition}"
-        target = self.consumer.key_partition(topic, key, partition)
-        return await self.producer.send(
-            topic, key, value, target, timestamp, headers, transactional_id=owner
-        )
-
-    def _in_transaction(self, tp: Any) -> bool:
-        group = self.app.assignor.group_for_topic(tp.topic)
-        tid = f"{self.app.conf.id}-{group}-{tp.partition}"
-        producer = self.producer._transaction_producers.get(tid)  # type: ignore[attr-defined]
-        manager = producer._txn_manager if producer is not None else None  # no public question
-        return manager is not None and bool(manager.is_in_transaction())
-
-    async def commit(self, offsets: Any, start_new_transaction: bool = True) -> bool:
-        sink: CompletionSink = self.app.moderation_sink  # type: ignore[attr-defined]
-        async with sink.event_lock:  # never between an event's writes
-            if sink.broken:
-                log.error("an event stopped half done: nothing more is committed (restart)")
-                return False
-            # At shutdown faust commits again after ending the transactions (on leaving the
-            # group): partitions whose producer is no longer in a transaction have nothing left.
-            offsets = {tp: at for tp, at in offsets.items() if self._in_transaction(tp)}
-            if not offsets:
-                return False
-            try:
-                return bool(await super().commit(offsets, start_new_transaction))
-            except Exception as exc:  # noqa: BLE001  # whatever it was, the worker stops
-                # faust would log it and go on; its events are acknowledged but their outputs
-                # lost with the transaction. Stop: a restart resumes from the last commit.
-                sink.broken = True
-                log.error("transaction commit failed (%r); the worker stops", exc)
-                await self.app.crash(exc)
-                return False
 
 
 class _Clients(mode.Service):
