@@ -753,6 +753,25 @@ def test_the_same_state_event_and_time_give_the_same_outputs() -> None:
 # -- the tables' JSON -----------------------------------------------------------------------
 
 
+def test_the_tables_json_is_the_layout_earlier_sinks_wrote() -> None:
+    """A restarted sink recovers its tables from the changelog: the layout must not change."""
+    command = {
+        "kind": "completion",
+        "event": completion().event,
+        "source": {"topic": "completions", "partition": 1, "offset": 42},
+    }
+    early = {"events": [command, command], "early_at": 1_700_000_000.5}
+    assert held_json(held_of(early) or Held((), 0.0)) == early
+    retrying = {
+        "command": command,
+        "first_failure": 1_700_000_000.0,
+        "attempts": 3,
+        "next_at": 1_700_000_004.0,
+        "queued": [command],
+    }
+    assert retry_json(retry_of(retrying) or Retry(completion(), 0.0, 0, 0.0)) == retrying
+
+
 def test_held_events_and_retries_survive_the_tables_json() -> None:
     held = Held((completion(), completion()), T0)
     assert held_of(orjson.loads(orjson.dumps(held_json(held)))) == held
