@@ -251,6 +251,45 @@ def verdict_record(
     return orjson.dumps(record)
 
 
+def final_verdict_record(
+    *,
+    request_id: str,
+    verdict: Literal["approved", "rejected"],
+    decided_by: DecidedBy,
+    labels: Sequence[Label],
+    model_version: str | None,
+    reasons: list[dict[str, Any]],
+    attributes: dict[str, Any] | None,
+    image: dict[str, Any],
+    source: Source,
+    received_at: str,
+    decided_at: str,
+    human_review: dict[str, Any],
+) -> bytes:
+    """The verdict that ends a review (people's answers or the review fallback).
+
+    The request is echoed from its review record (``image`` as :func:`describe_image` showed
+    it there); ``human_review`` says how it was decided. The caller passes ``decided_at``, so
+    the sink's decisions read no clock.
+    """
+    record: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "id": request_id,
+        "verdict": verdict,
+        "decided_by": decided_by,
+        "labels": [label.as_json() for label in labels],
+        "model_version": model_version,
+        "reasons": reasons,
+        "attributes": attributes,
+        "image": image,
+        "source": source.as_json(),
+        "received_at": received_at,
+        "decided_at": decided_at,
+        "human_review": human_review,
+    }
+    return orjson.dumps(record)
+
+
 #: The largest DLQ record value we write. Apache Kafka's default ``max.message.bytes`` is 1 MiB
 #: (1,048,588 with overhead); staying under it means a dead letter is never refused for its size.
 DLQ_MAX_RECORD_BYTES = 1_000_000

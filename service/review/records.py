@@ -7,6 +7,10 @@ confidence of ``"abc"``, a list for an S3 bucket, a loop name A2I would refuse) 
 :class:`~service.errors.InputError` with reason ``invalid_review_record``, so it is dead-lettered
 once instead of failing a page, a loop or a worker later. The parsed JSON object stays available
 as :attr:`ReviewRecord.raw`, untouched, for whoever republishes it.
+
+The sink keeps records in tables as JSON and reads them back with :func:`review_record_of`, the
+same rules; a final verdict echoes the request from the typed record, so everything it echoes
+(``source`` and ``received_at`` included, which the verdict schema requires) is checked here.
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ import orjson
 
 from service.clock import parse_iso
 from service.errors import InputError, Reason
-from service.messages import MAX_ID_LENGTH, SCHEMA_VERSION, S3Image, UrlImage
+from service.messages import (
+    MAX_ID_LENGTH,
+    SCHEMA_VERSION,
+    S3Image,
+    Source,
+    UrlImage,
+    describe_image,
+)
 
 #: A2I's rule for ``HumanLoopName``: 1-63 characters, ``^[a-z0-9](-*[a-z0-9])*$``.
 LOOP_NAME = re.compile(r"[a-z0-9](-*[a-z0-9])*")
@@ -77,6 +88,8 @@ class ReviewRecord:
     deadline: datetime  # timezone-aware
     requeued: int
     fallback_reason: str | None
+    source: Source  # where the request was read: final verdicts point back at it
+    received_at: str  # when the pipeline read the request, echoed into final verdicts
 
 
 def _invalid(message: str) -> InputError:
@@ -173,6 +186,22 @@ def _strings(value: object, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _source(value: object) -> Source:
+    if not isinstance(value, dict):
+        raise _invalid("'source' must be an object (topic, partition, offset)")
+    topic, partition, offset = value.get("topic"), value.get("partition"), value.get("offset")
+    if not isinstance(topic, str) or not _is_int(partition) or not _is_int(offset):
+        raise _invalid("'source' must have a string 'topic' and integer 'partition' and 'offset'")
+    return Source(topic, partition, offset)
+
+
+def _received_at(record: dict[str, Any]) -> str:
+    text = record.get("received_at")
+    if not isinstance(text, str) or parse_iso(text) is None:
+        raise _invalid("'received_at' must be an ISO 8601 date-time with a timezone")
+    return text
+
+
 def parse_review_record(value: bytes | None, *, max_bytes: int) -> ReviewRecord:
     """Validate one review-topic record; anything unusable is ``InputError(invalid_review_record)``.
 
@@ -186,6 +215,14 @@ def parse_review_record(value: bytes | None, *, max_bytes: int) -> ReviewRecord:
         record = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise _invalid(f"value is not valid JSON: {exc}") from exc
+    return review_record_of(record)
+
+
+def review_record_of(record: object) -> ReviewRecord:
+    """:func:`parse_review_record` for JSON already decoded (a record the sink kept in a table).
+
+    The same rules, so a record the sink remembers means what the console stores.
+    """
     if not isinstance(record, dict):
         raise _invalid("value must be a JSON object")
     version = record.get("schema_version")
@@ -202,6 +239,8 @@ def parse_review_record(value: bytes | None, *, max_bytes: int) -> ReviewRecord:
     attributes = record.get("attributes")
     if attributes is not None and not isinstance(attributes, dict):
         raise _invalid("'attributes' must be an object or null")
+    source = _source(record.get("source"))
+    received_at = _received_at(record)
 
     review = record.get("review")
     if not isinstance(review, dict):
@@ -214,6 +253,8 @@ def parse_review_record(value: bytes | None, *, max_bytes: int) -> ReviewRecord:
         image=image,
         model_version=model_version,
         attributes=attributes,
+        source=source,
+        received_at=received_at,
     )
 
 
@@ -226,6 +267,8 @@ def _with_review(
     image: ReviewImage,
     model_version: str | None,
     attributes: dict[str, Any] | None,
+    source: Source,
+    received_at: str,
 ) -> ReviewRecord:
     loop = review.get("human_loop_name")
     if not isinstance(loop, str) or len(loop) > MAX_LOOP_NAME or not LOOP_NAME.fullmatch(loop):
@@ -258,7 +301,31 @@ def _with_review(
         deadline=_time(review, "deadline"),
         requeued=requeued,
         fallback_reason=review.get("fallback_reason"),
+        source=source,
+        received_at=received_at,
     )
+
+
+def review_deadline(record: object) -> datetime | None:
+    """The ``review.deadline`` of a record kept as JSON, by the parser's own rule; None if unusable.
+
+    For sweeps over many stored records, where validating each whole record would cost too much.
+    """
+    review = record.get("review") if isinstance(record, dict) else None
+    if not isinstance(review, dict):
+        return None
+    try:
+        return _time(review, "deadline")
+    except InputError:
+        return None
+
+
+def image_json(image: ReviewImage) -> dict[str, Any]:
+    """The image reference as outputs show it (the shape :func:`~service.messages.describe_image`
+    gives the pipeline's verdicts; inline bytes travel as their digest and size)."""
+    if isinstance(image, InlineImage):
+        return {"bytes": {"sha256": image.sha256, "size": image.size}}
+    return describe_image(image)
 
 
 __all__ = [
@@ -267,6 +334,9 @@ __all__ = [
     "ReviewImage",
     "ReviewLabel",
     "ReviewRecord",
+    "image_json",
     "parse_review_record",
+    "review_deadline",
     "review_record_limit",
+    "review_record_of",
 ]

@@ -26,8 +26,11 @@ from service.review.loops import loop_name, review_details
 from service.review.records import (
     InlineImage,
     ReviewRecord,
+    image_json,
     parse_review_record,
+    review_deadline,
     review_record_limit,
+    review_record_of,
 )
 
 LIMIT = 1024 * 1024
@@ -104,8 +107,13 @@ json_scalars = (
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text()
 )
-# What a parsed request can hold: orjson reads integers past 64 bits as floats.
-attribute_scalars = json_scalars.filter(lambda v: not isinstance(v, int) or -(2**63) <= v < 2**64)
+request_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
 json_values = st.recursive(
     json_scalars,
     lambda children: (
@@ -119,7 +127,8 @@ json_values = st.recursive(
     request_id=st.text(min_size=1, max_size=128),
     image=images,
     found=labels,
-    attributes=st.none() | st.dictionaries(st.text(max_size=8), attribute_scalars, max_size=3),
+    # orjson (the pipeline's parser) reads only 64-bit integers: no request has larger ones.
+    attributes=st.none() | st.dictionaries(st.text(max_size=8), request_scalars, max_size=3),
     mode=st.sampled_from(["self_hosted", "managed"]),
     fallback=st.none() | st.just("human_loop_quota_exceeded"),
 )
@@ -147,6 +156,35 @@ def test_every_record_the_pipeline_builds_parses(
         assert isinstance(parsed.image, InlineImage) and parsed.image.size == len(image.data)
     else:
         assert parsed.image == image
+
+
+def test_the_request_a_final_verdict_echoes_is_typed() -> None:
+    parsed = parse(orjson.dumps(good()))
+    assert parsed.source == Source("moderation.requests", 0, 7)
+    assert parsed.received_at == "2026-11-21T23:10:04.120Z"
+    assert image_json(parsed.image) == {"s3": {"bucket": "uploads", "key": "a/b.jpg"}}
+    inline = InlineImage("ab" * 32, 5)
+    assert image_json(inline) == {"bytes": {"sha256": "ab" * 32, "size": 5}}
+
+
+def test_a_record_kept_as_json_is_read_by_the_same_rules() -> None:
+    record = good()
+    assert review_record_of(record) == parse(orjson.dumps(record))
+    record["review"]["deadline"] = "2026-11-21T23:10:04"  # no timezone
+    with pytest.raises(InputError) as caught:
+        review_record_of(record)
+    assert caught.value.reason is Reason.INVALID_REVIEW_RECORD
+    with pytest.raises(InputError):
+        review_record_of(["not", "a", "record"])
+
+
+def test_a_stored_records_deadline_follows_the_parsers_rule() -> None:
+    record = good()
+    assert review_deadline(record) == parse(orjson.dumps(record)).deadline
+    record["review"]["deadline"] = "2026-11-21T23:10:04"  # no timezone: no deadline
+    assert review_deadline(record) is None
+    assert review_deadline({"review": "x"}) is None
+    assert review_deadline(None) is None
 
 
 def test_a_requeued_record_from_the_sink_parses() -> None:
@@ -250,6 +288,15 @@ def _with(path: tuple[Any, ...], value: Any) -> bytes:
         (("schema_version",), 2),
         (("verdict",), "approved"),
         (("attributes",), ["x"]),
+        # What a final verdict echoes must be what the verdict schema requires.
+        (("source",), None),
+        (("source",), "moderation.requests"),
+        (("source", "partition"), "0"),
+        (("source", "offset"), True),
+        (("source", "topic"), 7),
+        (("received_at",), None),
+        (("received_at",), "2026-11-21T23:10:04"),  # no timezone
+        (("received_at",), "soon"),
     ],
 )
 def test_what_is_refused(path: tuple[Any, ...], value: Any) -> None:
