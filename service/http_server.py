@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.metrics import Metrics
+from service.metrics import PublishMetrics
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Health:
 
 
 class HttpServer:
-    def __init__(self, metrics: Metrics, health: Health, host: str, port: int) -> None:
+    def __init__(self, metrics: PublishMetrics, health: Health, host: str, port: int) -> None:
         self._metrics = metrics
         self._health = health
         self._host = host

@@ -53,20 +53,34 @@ class PublishMetrics:
         )
 
 
-class Metrics(PublishMetrics):
-    """The pipeline's and the review sink's metrics."""
+class StreamMetrics(PublishMetrics):
+    """What every consume-decide-publish worker counts: the pipeline and the review sink both
+    publish verdicts and commit offsets (transactionally under exactly_once)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
+        r = self.registry
+        self.verdicts = Counter(
+            "moderation_verdicts",
+            "Verdicts published, by verdict and by who decided.",
+            ["verdict", "decided_by"],
+            registry=r,
+        )
+        self.commit_failures = Counter(
+            "moderation_commit_failures",
+            "Offset commits that failed (records redelivered).",
+            registry=r,
+        )
+
+
+class PipelineMetrics(StreamMetrics):
+    """The pipeline's own metrics (``python -m service run``)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         super().__init__(registry)
         r = self.registry
         self.consumed = Counter(
             "moderation_messages_consumed", "Input records taken from Kafka.", registry=r
-        )
-        self.verdicts = Counter(
-            "moderation_verdicts",
-            "Verdicts published, by verdict and by who decided.",
-            ["verdict", "decided_by"],
-            registry=r,
         )
         self.labels = Counter(
             "moderation_labels",
@@ -178,16 +192,46 @@ class Metrics(PublishMetrics):
             ["kind"],
             registry=r,
         )
-        self.commit_failures = Counter(
-            "moderation_commit_failures",
-            "Offset commits that failed (records redelivered).",
-            registry=r,
-        )
-        self.reviews_pending = Gauge(
-            "moderation_reviews_pending", "Human reviews started and not yet answered.", registry=r
-        )
         self.reviews_started = Counter(
             "moderation_reviews_started", "Human reviews started.", ["mode"], registry=r
+        )
+
+    def initialise(self, backend: str) -> None:
+        """Create every known label set at zero, so each series exists from the first scrape.
+
+        A counter whose series appears only at its first increment is invisible to ``rate()``
+        and ``increase()`` for that first step, so alerts on bursts would miss them.
+        """
+        for verdict in ("approved", "rejected", "review"):
+            self.verdicts.labels(verdict=verdict, decided_by="model")
+        for reason in Reason:
+            self.dead_letters.labels(reason=reason.value)
+        for outcome in ("ok", "throttled", "error", "rejected"):
+            self.backend_calls.labels(backend=backend, outcome=outcome)
+        self.backend_latency.labels(backend=backend)
+        for category in (*TOP_LEVEL_CATEGORIES, "other"):
+            self.labels.labels(category=category)
+        for mode in ("managed", "self_hosted"):
+            self.reviews_started.labels(mode=mode)
+        for kind in ("input", "internal"):
+            self.dlq_guard_tripped.labels(kind=kind).set(0)
+        for outcome in ("released", "leader_alive", "refused", "failed"):
+            self.group_recoveries.labels(outcome=outcome)
+
+    def count_labels(self, names: list[str]) -> None:
+        """Count each top-level category once per verdict (a verdict often has parent + child)."""
+        for category in {top_level_of(name) or "other" for name in names}:
+            self.labels.labels(category=category).inc()
+
+
+class SinkMetrics(StreamMetrics):
+    """The review sink's metrics (``python -m service sink``): reviews it waits for and ends."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
+        r = self.registry
+        self.reviews_pending = Gauge(
+            "moderation_reviews_pending", "Human reviews started and not yet answered.", registry=r
         )
         self.reviews_completed = Counter(
             "moderation_reviews_completed",
@@ -220,36 +264,14 @@ class Metrics(PublishMetrics):
             registry=r,
         )
 
-    def initialise(self, backend: str) -> None:
-        """Create every known label set at zero, so each series exists from the first scrape.
-
-        A counter whose series appears only at its first increment is invisible to ``rate()``
-        and ``increase()`` for that first step, so alerts on bursts would miss them.
-        """
-        for verdict in ("approved", "rejected", "review"):
-            self.verdicts.labels(verdict=verdict, decided_by="model")
+    def initialise(self) -> None:
+        """Create every known label set at zero (see PipelineMetrics.initialise)."""
         for verdict in ("approved", "rejected"):
             for decided_by in ("human", "fallback"):
                 self.verdicts.labels(verdict=verdict, decided_by=decided_by)
         for reason in Reason:
             self.dead_letters.labels(reason=reason.value)
-        for outcome in ("ok", "throttled", "error", "rejected"):
-            self.backend_calls.labels(backend=backend, outcome=outcome)
-        self.backend_latency.labels(backend=backend)
-        for category in (*TOP_LEVEL_CATEGORIES, "other"):
-            self.labels.labels(category=category)
-        for mode in ("managed", "self_hosted"):
-            self.reviews_started.labels(mode=mode)
         for outcome in REVIEW_OUTCOMES:
             self.reviews_completed.labels(outcome=outcome)
         for why in ("expired", "evicted", "overflow"):
             self.review_orphans.labels(why=why)
-        for kind in ("input", "internal"):
-            self.dlq_guard_tripped.labels(kind=kind).set(0)
-        for outcome in ("released", "leader_alive", "refused", "failed"):
-            self.group_recoveries.labels(outcome=outcome)
-
-    def count_labels(self, names: list[str]) -> None:
-        """Count each top-level category once per verdict (a verdict often has parent + child)."""
-        for category in {top_level_of(name) or "other" for name in names}:
-            self.labels.labels(category=category).inc()

@@ -20,7 +20,7 @@ from service.clock import utc_now
 from service.errors import GaveUp, InputError, Reason, RecordRefused
 from service.kafka.publisher import SupportsPublish, publish_dead_letter
 from service.messages import DeadLetter, ModerationRequest, RawHeaders, Source, id_of_invalid
-from service.metrics import Metrics
+from service.metrics import PipelineMetrics
 from service.policy import RoutingPolicy
 from service.ratelimit import AdaptiveRateLimiter
 from service.retry import CircuitBreaker
@@ -58,7 +58,7 @@ class Pipeline:
         breaker: CircuitBreaker,
         policy: RoutingPolicy,
         sink: SupportsPublish,
-        metrics: Metrics,
+        metrics: PipelineMetrics,
         budget: ConcurrencyBudget,
         conditions: ActivationConditions | None = None,
         backend_name: str = "rekognition",

@@ -46,7 +46,7 @@ from service.kafka.transactions import (
     TransactionalCommitter,
 )
 from service.messages import Source
-from service.metrics import Metrics
+from service.metrics import PipelineMetrics
 from service.pipeline import InputRecord, Pipeline
 from service.policy import RoutingPolicy
 from service.ratelimit import AdaptiveRateLimiter
@@ -95,11 +95,11 @@ class Runner:
         policy: RoutingPolicy,
         *,
         backend: ModerationBackend | None = None,
-        metrics: Metrics | None = None,
+        metrics: PipelineMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._conditions = load_conditions(settings)
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or PipelineMetrics()
         self.metrics.initialise(settings.backend.kind)
         self.health = Health()
         self.http_port: int | None = None

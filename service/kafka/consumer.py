@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from service.kafka.client import kafka_client_options
 from service.kafka.group_recovery import release_departed_leader
 from service.kafka.poison import PoisonSafeConsumer, Polled
-from service.metrics import Metrics
+from service.metrics import PipelineMetrics
 from service.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,10 @@ class GroupWatch:
     one log line per episode, and an attempt to free a group wedged on a departed leader."""
 
     def __init__(
-        self, kafka: KafkaSettings, metrics: Metrics, clock: Callable[[], float] = time.monotonic
+        self,
+        kafka: KafkaSettings,
+        metrics: PipelineMetrics,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._kafka = kafka
         self._metrics = metrics

@@ -39,7 +39,7 @@ from service.errors import ConfigError, Reason
 from service.kafka.client import kafka_client_options
 from service.kafka.publisher import is_refusal
 from service.messages import DeadLetter, Headers, dead_letter_output
-from service.metrics import Metrics
+from service.metrics import StreamMetrics
 from service.settings import KafkaSettings
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ class TransactionalCommitter:
         self,
         kafka: KafkaSettings,
         bootstrap: str,
-        metrics: Metrics,
+        metrics: StreamMetrics,
         *,
         max_request_size: int,
         dlq_max_record_bytes: int,

@@ -80,7 +80,7 @@ from service.kafka.transactions import (
     Output as HeldOutput,
 )
 from service.messages import DeadLetter, Headers, Source, id_of_invalid
-from service.metrics import Metrics
+from service.metrics import SinkMetrics
 from service.retry import full_jitter
 from service.review.decider import (
     CompletionArrived,
@@ -148,8 +148,8 @@ class CompletionSink:
     def __init__(self, settings: Settings, bootstrap: str, *, partitions: int = 4) -> None:
         self.settings = settings
         self._bootstrap = bootstrap
-        self.metrics = Metrics()
-        self.metrics.initialise(settings.backend.kind)
+        self.metrics = SinkMetrics()
+        self.metrics.initialise()
         kafka = settings.kafka
         review = settings.review
         self.health = Health(started=False, stall_after_s=review.liveness_s)

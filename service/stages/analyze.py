@@ -25,7 +25,7 @@ from service.backends.base import (
 from service.capacity import ConcurrencyBudget
 from service.errors import BackendError, GaveUp, HumanLoopQuotaExceeded, InputError, Throttled
 from service.messages import ModerationRequest, S3Image
-from service.metrics import Metrics
+from service.metrics import PipelineMetrics
 from service.ratelimit import AdaptiveRateLimiter
 from service.retry import CircuitBreaker, full_jitter
 from service.settings import BackendSettings, ReviewSettings
@@ -52,7 +52,7 @@ class Analyzer:
         limiter: AdaptiveRateLimiter,
         breaker: CircuitBreaker,
         budget: ConcurrencyBudget,
-        metrics: Metrics,
+        metrics: PipelineMetrics,
     ) -> None:
         self._backend = backend
         self._backend_name = backend_name

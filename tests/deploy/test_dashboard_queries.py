@@ -11,9 +11,10 @@ failing and bad records so the series exist, and points Debian's `prometheus` bi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from itertools import combinations
 from pathlib import Path
 
@@ -21,7 +22,8 @@ import pytest
 import yaml
 
 from service.console.metrics import ConsoleMetrics
-from service.metrics import Metrics
+from service.http_server import Health, HttpServer
+from service.metrics import PipelineMetrics, SinkMetrics
 from tests.console.harness import FakeClock, base_env, running_console
 from tests.deploy.observability import (
     ALERTS,
@@ -41,7 +43,7 @@ from tests.kafka_helpers import Topics, collect, create_topics, produce, request
 # Counters with labels have no series until their first increment, and nothing the pipeline does
 # in this test increments these (the review sink does). Queries over them may come back empty
 # until the service pre-initialises their label sets at start-up.
-MAY_BE_EMPTY: set[str] = set()  # every series is initialised at start-up (Metrics.initialise)
+MAY_BE_EMPTY: set[str] = set()  # every series is initialised at start-up (*Metrics.initialise)
 REQUIRED_PANELS = {
     "Throughput",
     "Verdict mix",
@@ -116,9 +118,9 @@ def overlaps(a: dict, b: dict) -> bool:
 
 
 def exposed_metric_names() -> Iterator[str]:
-    """The names the service exposes (service/metrics.py and the console's
+    """The names the service exposes (the pipeline and sink, service/metrics.py; the console,
     service/console/metrics.py): counters as _total, histograms by their _bucket."""
-    for metrics in (Metrics(), ConsoleMetrics()):
+    for metrics in (PipelineMetrics(), SinkMetrics(), ConsoleMetrics()):
         for family in metrics.registry.collect():
             suffix = {"counter": "_total", "histogram": "_bucket"}.get(family.type, "")
             yield family.name + suffix
@@ -233,8 +235,13 @@ async def test_every_panel_query_and_alert_evaluates_against_real_prometheus(
     async with (
         running(settings) as runner,
         running_console(base_env(console_dir), clock=FakeClock()) as console,
+        sink_metrics_served() as sink_port,
     ):
-        targets = [f"127.0.0.1:{runner.http_port}", f"127.0.0.1:{console.port}"]
+        targets = [
+            f"127.0.0.1:{runner.http_port}",
+            f"127.0.0.1:{console.port}",
+            f"127.0.0.1:{sink_port}",
+        ]
         prometheus = Prometheus(tmp_path, targets, [ALERTS])
         async with prometheus.running() as prom:
             await prom.wait_for_scrapes(2)  # counters seen at zero: rates see the increase
@@ -252,7 +259,7 @@ async def test_every_panel_query_and_alert_evaluates_against_real_prometheus(
             up = await prom.query(f'up{{job="{JOB}"}}')
 
     assert fake_rekognition.stats.throttled > 0, "the traffic was meant to be throttled"
-    assert [float(s["value"][1]) for s in up] == [1.0, 1.0]  # the pipeline and the console
+    assert [float(s["value"][1]) for s in up] == [1.0, 1.0, 1.0]  # pipeline, console, sink
     assert {r["name"] for r in rules} == {r["alert"] for r in alert_rules()}
     for rule in rules:
         assert rule["health"] == "ok", (rule["name"], rule.get("lastError"))
@@ -265,6 +272,21 @@ async def test_every_panel_query_and_alert_evaluates_against_real_prometheus(
         if not result and not (q.metrics & MAY_BE_EMPTY)
     ]
     assert not empty, "panel queries without data:\n" + "\n".join(empty)
+
+
+@contextlib.asynccontextmanager
+async def sink_metrics_served() -> AsyncIterator[int]:
+    """The review sink's metrics page as the sink serves it (its HTTP server, its metrics,
+    initialised as at its start), without a faust worker: the sink's panels need its series."""
+    metrics = SinkMetrics()
+    metrics.initialise()
+    server = HttpServer(metrics, Health(started=True), "127.0.0.1", 0)
+    await server.start()
+    try:
+        assert server.port is not None
+        yield server.port
+    finally:
+        await server.close()
 
 
 async def wait_until_scraped(prom: Prometheus, promql: str, at_least: float) -> None:

@@ -23,7 +23,7 @@ from aiokafka.structs import ConsumerRecord
 from service.errors import ConfigError
 from service.kafka.transactions import CURRENT, BufferedSink, TransactionalCommitter
 from service.messages import Source
-from service.metrics import Metrics
+from service.metrics import PipelineMetrics
 from service.pipeline import InputRecord
 from service.policy import Thresholds, load_policy
 from service.runner import Runner
@@ -213,7 +213,7 @@ async def test_a_zombie_is_fenced_by_the_partitions_new_owner(
         TransactionalCommitter(
             settings.kafka,
             noida_bootstrap,
-            Metrics(),
+            PipelineMetrics(),
             max_request_size=MIB,
             dlq_max_record_bytes=MIB,
         )
@@ -256,7 +256,11 @@ async def test_a_new_owner_aborts_the_old_owners_open_transaction(
     settings = eos(noida_bootstrap, topics, fake_rekognition)
     tp = TopicPartition(topics.input, 0)
     owner = TransactionalCommitter(
-        settings.kafka, noida_bootstrap, Metrics(), max_request_size=MIB, dlq_max_record_bytes=MIB
+        settings.kafka,
+        noida_bootstrap,
+        PipelineMetrics(),
+        max_request_size=MIB,
+        dlq_max_record_bytes=MIB,
     )
     old = AIOKafkaProducer(
         bootstrap_servers=noida_bootstrap, transactional_id=owner.transactional_id(tp)

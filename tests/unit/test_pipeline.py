@@ -29,7 +29,7 @@ from service.errors import (
     Throttled,
 )
 from service.messages import Headers, Label, S3Image, Source
-from service.metrics import Metrics
+from service.metrics import PipelineMetrics
 from service.pipeline import InputRecord, Pipeline
 from service.policy import RoutingPolicy, Thresholds
 from service.ratelimit import AdaptiveRateLimiter
@@ -149,7 +149,7 @@ def harness(
     conditions: str | None = None,
 ) -> Harness:
     registry = CollectorRegistry()
-    metrics = Metrics(registry)
+    metrics = PipelineMetrics(registry)
     limiter = AdaptiveRateLimiter(1000.0, 1000.0)
     breaker = CircuitBreaker(threshold=2, cooldown_s=0.01)
     sink = sink or Sink()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from service.kafka.consumer import GroupWatch
-from service.metrics import Metrics
+from service.metrics import PipelineMetrics
 from service.settings import Settings
 
 STALL_S = 120.0
@@ -17,13 +17,13 @@ class Clock:
         return self.now
 
 
-def _watch(clock: Clock) -> tuple[GroupWatch, Metrics]:
+def _watch(clock: Clock) -> tuple[GroupWatch, PipelineMetrics]:
     kafka = Settings.from_env({"KAFKA_REBALANCE_STALL_S": str(STALL_S)}).kafka
-    metrics = Metrics()
+    metrics = PipelineMetrics()
     return GroupWatch(kafka, metrics, clock), metrics
 
 
-def _gauge(metrics: Metrics, name: str) -> float | None:
+def _gauge(metrics: PipelineMetrics, name: str) -> float | None:
     return metrics.registry.get_sample_value(name)
 
 

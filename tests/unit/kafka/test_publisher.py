@@ -11,7 +11,7 @@ from aiokafka import errors as kafka_errors
 from service.errors import RecordRefused
 from service.kafka.publisher import Publisher, is_refusal, publish_dead_letter
 from service.messages import DeadLetter, Headers, Source
-from service.metrics import Metrics
+from service.metrics import PipelineMetrics
 
 REFUSALS = [
     kafka_errors.MessageSizeTooLargeError(),
@@ -53,12 +53,12 @@ class Producer:
         self.sent.append((topic, key, value, headers))
 
 
-def _count(metrics: Metrics, name: str) -> float:
+def _count(metrics: PipelineMetrics, name: str) -> float:
     return metrics.registry.get_sample_value(name) or 0.0
 
 
 async def test_a_refused_record_raises_at_once_and_is_counted() -> None:
-    metrics = Metrics()
+    metrics = PipelineMetrics()
     producer = Producer(kafka_errors.MessageSizeTooLargeError("too big"))
     with pytest.raises(RecordRefused) as refused:
         await Publisher(producer, metrics).publish("out", b"k", b"v", [])
@@ -70,7 +70,7 @@ async def test_a_refused_record_raises_at_once_and_is_counted() -> None:
 
 
 async def test_other_failures_are_retried_until_the_broker_acknowledges() -> None:
-    metrics = Metrics()
+    metrics = PipelineMetrics()
     producer = Producer(kafka_errors.KafkaConnectionError())
     await Publisher(producer, metrics).publish("out", b"k", b"v", [("h", b"1")])
     assert producer.sent == [("out", b"k", b"v", [("h", b"1")])]
