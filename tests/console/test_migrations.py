@@ -4,6 +4,7 @@ adopted with every row intact."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -188,3 +189,19 @@ async def test_a_restart_migrates_nothing_and_keeps_the_rows(legacy: Legacy) -> 
     versions, changes = await version_and_schema_diff(first)
     assert (versions, changes) == ([head()], [])
     assert await first.session("h", NOW) is not None
+
+
+async def test_a_start_logs_one_line_when_it_migrates_and_none_when_it_does_not(
+    legacy: Legacy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Alembic narrates every start at INFO; the console says only what changed."""
+    caplog.set_level(logging.INFO)
+    store = await legacy((), False)
+    await store.open()
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("alembic")] == []
+    migrated = [r.getMessage() for r in caplog.records if r.name.endswith("storage.migrate")]
+    assert migrated == [f"console database schema migrated from none to {head()}"]
+    await store.close()
+    caplog.clear()
+    await store.open()
+    assert [r for r in caplog.records if r.name.startswith(("alembic", "service.console"))] == []
