@@ -51,6 +51,7 @@ from service.pipeline import InputRecord, Pipeline
 from service.policy import RoutingPolicy
 from service.ratelimit import AdaptiveRateLimiter
 from service.retry import CircuitBreaker
+from service.review.records import review_record_limit
 from service.settings import KafkaSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -253,7 +254,7 @@ class Runner:
     ) -> Publisher | BufferedSink:
         """at_least_once: one producer, every output acknowledged before its offset commits.
         exactly_once: outputs held per record, a transactional producer per input partition."""
-        max_request_size = 2 * kafka.max_input_bytes + 64 * 1024
+        max_request_size = review_record_limit(kafka.max_input_bytes)
         if kafka.processing_guarantee == "exactly_once":
             committer = TransactionalCommitter(
                 kafka,
