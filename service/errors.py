@@ -42,6 +42,7 @@ class Reason(StrEnum):
     FORGED_EVENT = "forged_event"  # a completion event pointing at another loop's answers
     INVALID_REVIEW_RECORD = "invalid_review_record"  # a review-topic record that is not one
     ORPHAN_COMPLETION = "orphan_completion"  # no review record arrived for the event's loop in time
+    DECODE_TIMEOUT = "decode_timeout"  # normalizing the image took longer than its time limit
 
 
 class ServiceError(Exception):
