@@ -21,6 +21,7 @@ from __future__ import annotations
 from service.errors import BackendError, InputError
 from service.fetch import FetchPolicy, ImageFetcher
 from service.images import check_image
+from service.imaging.formats import CONTENT_TYPES
 from service.messages import S3Image, UrlImage
 from service.objectstore import (
     InvalidLocation,
@@ -34,7 +35,6 @@ from service.objectstore import (
 from service.review.records import ReviewImage
 
 MAX_S3_IMAGE_BYTES = 15 * 1000 * 1000
-CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
 
 
 class ImageUnavailable(Exception):

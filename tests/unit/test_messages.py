@@ -180,9 +180,9 @@ def test_record_exactly_at_the_size_limit_is_accepted() -> None:
             id="b64-bad-char",
         ),
         pytest.param(
-            with_image({"bytes": b64(b"GIF89a\x01\x00\x01\x00")}),
+            with_image({"bytes": b64(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3")}),
             Reason.NOT_AN_IMAGE,
-            id="gif",
+            id="pdf",
         ),
         pytest.param(
             with_image({"bytes": b64(b"just some text, no image")}),
