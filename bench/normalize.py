@@ -210,12 +210,12 @@ def main() -> None:
             assert result.converted, f"{workload} passed through: nothing to measure"
             row = Row(workload, mode, describe(data, result), [], [])
             rows.append(row)
-            service = functools.partial(normalize, data, target, LIMITS)
+            service: Callable[[], object] = functools.partial(normalize, data, target, LIMITS)
             jobs.append((row, service, pillow_job(data, result)))
     print(f"one thread, {args.rounds} interleaved rounds of {args.duration:.0f} s per side")
     for _ in range(args.rounds):
-        for row, service, pillow in jobs:
-            row.ours.append(rate(service, args.duration))
+        for row, ours, pillow in jobs:
+            row.ours.append(rate(ours, args.duration))
             row.pillow.append(rate(pillow, args.duration))
     print(HEADER)
     for row in rows:
