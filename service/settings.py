@@ -48,7 +48,7 @@ _FLOW_DEFINITION_ARN = re.compile(
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
-LocalModel = Literal["opennsfw", "nudenet"]
+LocalModel = Literal["opennsfw", "safety", "nudenet"]
 ContentClassifier = Literal["FreeOfPersonallyIdentifiableInformation", "FreeOfAdultContent"]
 CONTENT_CLASSIFIERS: tuple[str, ...] = get_args(ContentClassifier)
 
@@ -169,11 +169,6 @@ class LocalModelSettings(EnvGroup):
     model_paths: tuple[tuple[str, Path], ...] = variable("MODERATION_LOCAL_MODEL_PATHS", ())
     read_s3: Flag = variable("MODERATION_LOCAL_READ_S3", False)
     s3_endpoint_url: HttpUrl | None = variable("MODERATION_LOCAL_S3_ENDPOINT_URL", None)
-    # Width x height decoded at most (image bombs): 80 x 80 (the smallest image Rekognition
-    # takes) to 10,000 x 10,000 (the largest).
-    max_image_pixels: int = variable(
-        "MODERATION_MAX_IMAGE_PIXELS", 40_000_000, ge=6_400, le=100_000_000
-    )
 
     @field_validator("model_paths", mode="before")
     @classmethod
@@ -240,8 +235,25 @@ class BackendSettings(EnvGroup):
 
 class FetchSettings(EnvGroup):
     timeout_s: float = variable("MODERATION_FETCH_TIMEOUT_S", 10.0, ge=0.1, le=300)
-    max_bytes: int = variable("MODERATION_FETCH_MAX_BYTES", 5 * MIB, ge=1024, le=5 * MIB)
+    # Originals by URL or from S3 are scaled down anyway: a phone's 48 MP photo is welcome.
+    max_bytes: int = variable("MODERATION_FETCH_MAX_BYTES", 50 * MIB, ge=1024, le=1024 * MIB)
     allowed_networks: Networks = variable("MODERATION_FETCH_ALLOWED_NETWORKS", ())
+
+
+class ImageSettings(EnvGroup):
+    """Decoding and normalization (service.imaging): bounds checked before anything decodes."""
+
+    # Width x height of one frame or canvas decoded at most (image bombs, pixel floods).
+    max_pixels: int = variable("MODERATION_MAX_IMAGE_PIXELS", 100_000_000, ge=6_400, le=500_000_000)
+    max_frames: int = variable("MODERATION_MAX_FRAMES", 5, ge=1, le=100)
+    decode_workers: int = variable(
+        "MODERATION_DECODE_WORKERS",
+        default_factory=lambda: len(os.sched_getaffinity(0)),
+        ge=1,
+        le=256,
+    )
+    decode_timeout_s: float = variable("MODERATION_DECODE_TIMEOUT_S", 20.0, ge=0.1, le=600)
+    jpeg_quality: int = variable("MODERATION_JPEG_QUALITY", 90, ge=50, le=100)
 
 
 def _read_conditions(data: dict[str, Any]) -> str | None:
@@ -351,6 +363,7 @@ class Settings(EnvSettings):
     kafka: KafkaSettings
     backend: BackendSettings
     fetch: FetchSettings
+    images: ImageSettings
     review: ReviewSettings
     policy_file: Annotated[Path, AfterValidator(_existing_file)] | None = variable(
         "MODERATION_POLICY_FILE", None

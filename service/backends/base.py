@@ -9,9 +9,16 @@ Results are typed here, so no caller reads a vendor's response shapes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
+from PIL import Image
+
+from service.imaging.spec import BackendInput
 from service.messages import Label, S3Image
+
+BackendImage: TypeAlias = S3Image | bytes | Image.Image
+"""What a backend is sent, as its :class:`BackendInput` asks: an S3 reference it reads itself,
+JPEG/PNG bytes within its limits, or 8-bit RGB pixels (one frame each call)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +67,16 @@ class ModerationBackend(Protocol):
         limiter)."""
         ...
 
+    @property
+    def input(self) -> BackendInput:
+        """The images it takes: the normalize stage converts everything else to this."""
+        ...
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
 
-    async def moderate(self, image: S3Image | bytes, min_confidence: float) -> ModerationResult: ...
+    async def moderate(self, image: BackendImage, min_confidence: float) -> ModerationResult: ...
 
 
 @runtime_checkable
@@ -72,7 +84,7 @@ class ManagedReviewBackend(ModerationBackend, Protocol):
     """A backend that can also start a managed human review in the moderation call itself."""
 
     async def moderate_with_review(
-        self, image: S3Image | bytes, min_confidence: float, review: HumanLoopRequest
+        self, image: BackendImage, min_confidence: float, review: HumanLoopRequest
     ) -> ModerationResult:
         """Like ``moderate``; the result carries a :class:`ManagedReview` when one started."""
         ...

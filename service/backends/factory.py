@@ -30,5 +30,5 @@ def build_backend(settings: Settings) -> ModerationBackend:
         s3_region=backend.region,
         s3_endpoint_url=local.s3_endpoint_url,
         s3_timeout_s=backend.call_timeout_s,
-        max_image_pixels=local.max_image_pixels,
+        max_image_pixels=settings.images.max_pixels,
     )

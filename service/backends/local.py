@@ -47,7 +47,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin
 
-from service.backends.base import ModerationResult
+from service.backends.base import BackendImage, ModerationResult
 from service.errors import ConfigError, InputError, Reason
 from service.images import (
     MAX_IMAGE_BYTES,
@@ -57,6 +57,7 @@ from service.images import (
     read_png_header,
     sniff_format,
 )
+from service.imaging.spec import BackendInput
 from service.messages import Label, S3Image
 from service.objectstore import (
     InvalidLocation,
@@ -565,6 +566,11 @@ class LocalModelBackend:
         return self._workers * decode_memory_bound(self._max_pixels, draft_side, max_input)
 
     @property
+    def input(self) -> BackendInput:
+        """JPEG/PNG bytes within Rekognition's limits for now; S3 objects the stage downloads."""
+        return BackendInput("encoded", s3_max_bytes=None)
+
+    @property
     def max_concurrency(self) -> int:
         """Images taken at once (running + queued for a worker); callers wait beyond that."""
         return self._capacity
@@ -605,15 +611,17 @@ class LocalModelBackend:
         if self._s3 is not None:
             await self._s3.close()
 
-    async def moderate(self, image: S3Image | bytes, min_confidence: float) -> ModerationResult:
+    async def moderate(self, image: BackendImage, min_confidence: float) -> ModerationResult:
         """Labels for one image (no managed review: that needs AWS)."""
         pool = self._pool
         if pool is None:
             raise RuntimeError("LocalModelBackend.start() was not awaited")
         if isinstance(image, S3Image):
             data, max_bytes = await self._read_s3(image)
-        else:
+        elif isinstance(image, bytes):
             data, max_bytes = image, MAX_IMAGE_BYTES
+        else:
+            raise TypeError("this backend takes JPEG/PNG bytes, not pixels")
         _check_bytes(data, max_bytes)
         loop = asyncio.get_running_loop()
         scores = await loop.run_in_executor(pool, self.analyse, data)

@@ -18,7 +18,7 @@ import orjson
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
-from service.backends.base import HumanLoopRequest, ManagedReview, ModerationResult
+from service.backends.base import BackendImage, HumanLoopRequest, ManagedReview, ModerationResult
 from service.errors import (
     BackendError,
     BackendUnavailable,
@@ -27,6 +27,7 @@ from service.errors import (
     Reason,
     Throttled,
 )
+from service.imaging.spec import REKOGNITION_INPUT, BackendInput
 from service.messages import Label, S3Image
 from service.settings import BackendSettings
 
@@ -96,6 +97,7 @@ class RekognitionBackend:
     """Moderation by Rekognition; can start managed A2I reviews in the same call."""
 
     max_concurrency: int | None = None  # the rate limiter, not a pool, bounds a remote API
+    input: BackendInput = REKOGNITION_INPUT
 
     def __init__(self, settings: BackendSettings) -> None:
         self._settings = settings
@@ -123,16 +125,16 @@ class RekognitionBackend:
         self._client = None
         await self._exit_stack.aclose()
 
-    async def moderate(self, image: S3Image | bytes, min_confidence: float) -> ModerationResult:
+    async def moderate(self, image: BackendImage, min_confidence: float) -> ModerationResult:
         return await self._detect(image, min_confidence, None)
 
     async def moderate_with_review(
-        self, image: S3Image | bytes, min_confidence: float, review: HumanLoopRequest
+        self, image: BackendImage, min_confidence: float, review: HumanLoopRequest
     ) -> ModerationResult:
         return await self._detect(image, min_confidence, review)
 
     async def _detect(
-        self, image: S3Image | bytes, min_confidence: float, review: HumanLoopRequest | None
+        self, image: BackendImage, min_confidence: float, review: HumanLoopRequest | None
     ) -> ModerationResult:
         if self._client is None:
             raise RuntimeError("RekognitionBackend.start() was not awaited")
@@ -141,8 +143,10 @@ class RekognitionBackend:
             if image.version is not None:
                 s3_object["Version"] = image.version
             request_image: dict[str, Any] = {"S3Object": s3_object}
-        else:
+        elif isinstance(image, bytes):
             request_image = {"Bytes": image}
+        else:  # its BackendInput asks for encoded images: the normalize stage never sends pixels
+            raise TypeError("Rekognition takes JPEG/PNG bytes or an S3 reference, not pixels")
         params: dict[str, Any] = {"Image": request_image, "MinConfidence": min_confidence}
         if review is not None:
             params["HumanLoopConfig"] = review.as_api()

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.activation import parse_conditions
-from service.backends.base import HumanLoopRequest, ManagedReview, ModerationResult
+from service.backends.base import BackendImage, HumanLoopRequest, ManagedReview, ModerationResult
 from service.capacity import ConcurrencyBudget
 from service.errors import (
     BackendError,
@@ -28,6 +28,7 @@ from service.errors import (
     RecordRefused,
     Throttled,
 )
+from service.imaging.spec import REKOGNITION_INPUT
 from service.messages import Headers, Label, S3Image, Source
 from service.metrics import PipelineMetrics
 from service.pipeline import InputRecord, Pipeline
@@ -53,7 +54,8 @@ class Backend:
     def __init__(self, *answers: Answer, max_concurrency: int | None = None) -> None:
         self.answers = list(answers)
         self.max_concurrency = max_concurrency
-        self.calls: list[S3Image | bytes] = []
+        self.input = REKOGNITION_INPUT
+        self.calls: list[BackendImage] = []
         self.reviews: list[HumanLoopRequest] = []
         self.inside = 0
         self.most_inside = 0
@@ -65,7 +67,7 @@ class Backend:
     async def close(self) -> None:
         pass
 
-    async def moderate(self, image: S3Image | bytes, min_confidence: float) -> ModerationResult:
+    async def moderate(self, image: BackendImage, min_confidence: float) -> ModerationResult:
         self.calls.append(image)
         self.on_call()
         self.inside += 1
@@ -87,7 +89,7 @@ class ReviewingBackend(Backend):
     """A backend with the managed-review capability."""
 
     async def moderate_with_review(
-        self, image: S3Image | bytes, min_confidence: float, review: HumanLoopRequest
+        self, image: BackendImage, min_confidence: float, review: HumanLoopRequest
     ) -> ModerationResult:
         self.reviews.append(review)
         return await self.moderate(image, min_confidence)
@@ -316,7 +318,7 @@ class FailsOneImage(Backend):
         self.failed = 0
         self.served_other = asyncio.Event()
 
-    async def moderate(self, image: S3Image | bytes, min_confidence: float) -> ModerationResult:
+    async def moderate(self, image: BackendImage, min_confidence: float) -> ModerationResult:
         if isinstance(image, S3Image) and image.key == "bad.jpg" and self.failed < self.failures:
             if self.failed:
                 await self.served_other.wait()

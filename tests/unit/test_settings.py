@@ -57,7 +57,7 @@ def test_defaults_with_only_the_region_set() -> None:
     assert backend.default_min_confidence == 50.0
 
     assert settings.fetch.timeout_s == 10.0
-    assert settings.fetch.max_bytes == 5 * MIB
+    assert settings.fetch.max_bytes == 50 * MIB
     assert settings.fetch.allowed_networks == ()
 
     assert settings.policy_file is None
@@ -173,7 +173,7 @@ BAD_VARIABLES: list[tuple[str, dict[str, str], str]] = [
     ("input-bytes-low", {"MODERATION_MAX_INPUT_BYTES": "1023"}, "MODERATION_MAX_INPUT_BYTES"),
     (
         "download-max-bytes-high",
-        {"MODERATION_FETCH_MAX_BYTES": str(5 * MIB + 1)},
+        {"MODERATION_FETCH_MAX_BYTES": str(1024 * MIB + 1)},
         "MODERATION_FETCH_MAX_BYTES",
     ),
     ("min-confidence-high", {"MODERATION_MIN_CONFIDENCE": "100.1"}, "MODERATION_MIN_CONFIDENCE"),
