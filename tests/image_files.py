@@ -431,14 +431,16 @@ def tiff_multipage(pages: int = 3, size: tuple[int, int] = (120, 100)) -> bytes:
 
 @functools.cache
 def tiff_tiled(
-    width: int = 200,
-    height: int = 150,
+    width: int = 192,
+    height: int = 128,
     tile: tuple[int, int] = (64, 64),
     colour: RGB = OPAQUE,
     *,
     tile_data: bytes | None = None,
 ) -> bytes:
-    """An uncompressed, tiled RGB TIFF (Pillow writes strips only, so built from bytes).
+    """An uncompressed, tiled RGB TIFF (Pillow writes strips only, so built from bytes). The
+    default size is whole tiles: any cut loses visible pixels (a tile's bytes outside the image
+    are not needed, so a cut in them is no truncation).
     ``tile_data`` replaces every tile's bytes (a hostile file: a tile far larger than its data)."""
     tile_w, tile_h = tile
     across, down = -(-width // tile_w), -(-height // tile_h)
