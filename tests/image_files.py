@@ -533,9 +533,36 @@ def gif_canvas_bomb(offset: int = 60_000) -> bytes:
     canvas to cover it, so the screen descriptor's size says nothing about the allocation."""
     head, blocks = gif_blocks(gif_still())
     frame = bytearray(blocks[0])
-    image_at = frame.index(0x2C) if frame[0] == 0x21 else 0
-    struct.pack_into("<HH", frame, image_at + 1, offset, offset)
+    struct.pack_into("<HH", frame, _image_descriptor(frame) + 1, offset, offset)
     return head + bytes(frame) + b";"
+
+
+def gif_spread_canvas(
+    frames: int = 6, canvas: tuple[int, int] = (2000, 2000), size: tuple[int, int] = (120, 100)
+) -> bytes:
+    """An animation of small frames placed along the diagonal of a ``canvas`` the screen
+    descriptor does not declare (the last frame ends in its corner): decoded, every frame is
+    a full canvas, so this is the costliest GIF of a given pixel count."""
+    head, blocks = gif_blocks(gif_animated(frames, size))
+    placed = []
+    for index, block in enumerate(blocks):
+        frame = bytearray(block)
+        image_at = _image_descriptor(frame)
+        share = index / max(1, frames - 1)
+        left = round((canvas[0] - size[0]) * share)
+        top = round((canvas[1] - size[1]) * share)
+        struct.pack_into("<HH", frame, image_at + 1, left, top)
+        placed.append(bytes(frame))
+    return head + b"".join(placed) + b";"
+
+
+def _image_descriptor(frame: bytes | bytearray) -> int:
+    """The offset of the image descriptor in one frame's blocks (after its extensions)."""
+    position = 0
+    while frame[position] == 0x21:
+        position = _skip_sub_blocks(bytes(frame), position + 2)
+    assert frame[position] == 0x2C
+    return position
 
 
 def tiff_tile_bomb(tile: int = 1 << 16) -> bytes:
