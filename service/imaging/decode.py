@@ -13,6 +13,7 @@ import functools
 import io
 import struct
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -36,8 +37,10 @@ from service.imaging.formats import SourceFormat
 from service.imaging.spec import DecodeLimits
 
 # What Pillow and the codecs raise on hostile or broken input (PNG chunk errors are
-# SyntaxErrors, libheif's RuntimeErrors, bad tables IndexErrors and KeyErrors, and so on).
+# SyntaxErrors, libheif's RuntimeErrors, bad tables IndexErrors and KeyErrors, and so on), and
+# Pillow's UserWarnings about corrupt metadata when a warnings filter turns them into errors.
 DECODE_ERRORS: Final = (
+    UserWarning,
     OSError,
     ValueError,
     SyntaxError,
@@ -68,7 +71,13 @@ Opener = Callable[[IO[bytes]], ImageFile.ImageFile]
 @functools.cache
 def _openers() -> Mapping[SourceFormat, Opener]:
     """Each format's decoder, configured once: one decoding thread per image (the worker pool
-    is the parallelism), and no HEIF thumbnails, depth maps or auxiliary images."""
+    is the parallelism), and no HEIF thumbnails, depth maps or auxiliary images.
+
+    Pillow's UserWarnings (a TIFF tag that points past the end of the file, too many entries)
+    are about the metadata of untrusted files and are ignored: printed, each distinct message
+    would also be remembered in a warnings registry, which hostile files could grow without end.
+    """
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     pi_heif.register_heif_opener(
         decode_threads=1, thumbnails=False, depth_images=False, aux_images=False
     )

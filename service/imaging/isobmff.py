@@ -44,7 +44,8 @@ def _boxes(data: bytes | memoryview, start: int, end: int) -> Iterator[tuple[byt
 
 def read_primary_size(data: bytes | memoryview, *, complete: bool) -> tuple[int, int] | None:
     """(width, height) of the primary image. A complete file must hold every top-level box
-    whole (TRUNCATED_IMAGE otherwise); a prefix returns None when ``meta`` is not all in it."""
+    whole (TRUNCATED_IMAGE otherwise); a prefix returns None when ``meta`` is not all in it
+    (a large ``mdat`` may come first)."""
     meta: tuple[int, int] | None = None
     try:
         for kind, start, end in _boxes(data, 0, len(data)):
@@ -58,6 +59,8 @@ def read_primary_size(data: bytes | memoryview, *, complete: bool) -> tuple[int,
         if meta is None:
             return None
     if meta is None:
+        if not complete:  # the prefix ends between boxes, before meta
+            return None
         raise InputError(Reason.INVALID_IMAGE_FORMAT, "HEIF/AVIF file has no meta box")
     try:
         return _primary_size(data, *meta)

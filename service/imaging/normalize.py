@@ -266,7 +266,9 @@ class _Normalization:
                 return
             seen.add(digest)
         if self.target.mode == "pixels":
-            frames.append(PixelFrame(index, rgb))
+            # A frame already RGB at its size is the decoder's own image, which the next
+            # seek() overwrites: the frame keeps a copy.
+            frames.append(PixelFrame(index, rgb.copy() if rgb is self.image else rgb))
             return
         self.deadline.check(f"encoding frame {index}")
         data, width, height = encode_jpeg(rgb, self.target, self.limits.jpeg_quality)
