@@ -40,6 +40,7 @@ from PIL import Image
 from bench.local_model import photo
 from service.backends.local import LocalModelBackend
 from service.errors import InputError
+from service.imaging.spec import DecodeLimits
 from tests.images import (
     cut,
     pixel_flood_png,
@@ -110,7 +111,8 @@ async def measure(
 ) -> dict[str, object]:
     """Run in the child: the backend's RSS after warm-up, its peak over ``rounds`` of the mix
     with ``callers`` in flight, the documented bound, and how each image ended."""
-    backend = LocalModelBackend(workers=workers, max_queue=callers, max_image_pixels=max_pixels)
+    limits = DecodeLimits(max_pixels=max_pixels)
+    backend = LocalModelBackend(workers=workers, max_queue=callers, limits=limits)
     await backend.start()
     try:
         warm = normal_mix(2 * workers)

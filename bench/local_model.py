@@ -31,12 +31,18 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from service.backends.local import (
-    LocalModelBackend,
-    OpenNsfwModel,
-    decode_image,
-    resolve_model_file,
-)
+from service.backends.local import LocalModelBackend, OpenNsfwModel, resolve_model_file
+from service.imaging.normalize import PixelFrame, normalize
+from service.imaging.spec import BackendInput, DecodeLimits
+
+_PIXELS = BackendInput("pixels", pixel_side=256, s3_max_bytes=None)
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """The first frame's pixels as the normalize stage hands them to the backend."""
+    frame = normalize(data, _PIXELS, DecodeLimits()).frames[0]
+    assert isinstance(frame, PixelFrame)
+    return frame.image
 
 
 def photo(width: int, height: int, seed: int) -> bytes:
@@ -124,7 +130,7 @@ def threaded(workers: int, duration: float, step: Callable[[int], object]) -> fl
 def raw_rate(images: Sequence[bytes], workers: int, threads: int, duration: float) -> float:
     path, version = resolve_model_file("opennsfw")
     model = OpenNsfwModel("opennsfw", path, version, threads)
-    tensors = [model.preprocess(decode_image(data, model.draft_side)) for data in images]
+    tensors = [model.preprocess(decode_image(data)) for data in images]
     for tensor in tensors[:2]:
         model.run(tensor)
     return threaded(workers, duration, lambda i: model.run(tensors[i % len(tensors)]))
@@ -133,10 +139,10 @@ def raw_rate(images: Sequence[bytes], workers: int, threads: int, duration: floa
 def raw_full_rate(images: Sequence[bytes], workers: int, threads: int, duration: float) -> float:
     path, version = resolve_model_file("opennsfw")
     model = OpenNsfwModel("opennsfw", path, version, threads)
-    model.scores(decode_image(images[0], model.draft_side))
+    model.scores(decode_image(images[0]))
 
     def step(i: int) -> None:
-        model.scores(decode_image(images[i % len(images)], model.draft_side))
+        model.scores(decode_image(images[i % len(images)]))
 
     return threaded(workers, duration, step)
 
