@@ -107,9 +107,17 @@ class OnnxModel:
         outputs = self.session.run(None, {self.input_name: tensor})
         return np.asarray(outputs[0], dtype=np.float32)
 
+    def preprocess(self, image: Image.Image) -> FloatArray:
+        """The model's input tensor for one RGB frame, as its reference implementation makes it."""
+        raise NotImplementedError
+
+    def interpret(self, output: FloatArray) -> dict[str, float]:
+        """The model's output as v7 label -> 0-100."""
+        raise NotImplementedError
+
     def scores(self, image: Image.Image) -> dict[str, float]:
         """v7 label -> 0-100 for one RGB frame."""
-        raise NotImplementedError
+        return self.interpret(self.run(self.preprocess(image)))
 
 
 class OpenNsfwModel(OnnxModel):
@@ -134,8 +142,7 @@ class OpenNsfwModel(OnnxModel):
         np.subtract(rgb[:, :, ::-1], self._MEAN_BGR, out=tensor[0])
         return tensor
 
-    def scores(self, image: Image.Image) -> dict[str, float]:
-        output = self.run(self.preprocess(image))
+    def interpret(self, output: FloatArray) -> dict[str, float]:
         return opennsfw_scores(float(output[0, 1]))
 
 
@@ -163,8 +170,7 @@ class SafetyModel(OnnxModel):
         array = np.asarray(canvas, dtype=np.float32)
         return np.ascontiguousarray(array.transpose(2, 0, 1))[np.newaxis]
 
-    def scores(self, image: Image.Image) -> dict[str, float]:
-        output = self.run(self.preprocess(image))
+    def interpret(self, output: FloatArray) -> dict[str, float]:
         return safety_scores(dict(zip(SAFETY_CLASSES, output[0].tolist(), strict=True)))
 
 
@@ -197,8 +203,8 @@ class NudeNetModel(OnnxModel):
             found[NUDENET_CLASSES[int(index)]] = float(best_score[best_class == index].max())
         return found
 
-    def scores(self, image: Image.Image) -> dict[str, float]:
-        return nudenet_scores(self.class_scores(self.run(self.preprocess(image))))
+    def interpret(self, output: FloatArray) -> dict[str, float]:
+        return nudenet_scores(self.class_scores(output))
 
 
 def _nudenet_input_side(session: ort.InferenceSession) -> int:
