@@ -33,7 +33,8 @@ _TRANSPOSE: Final[Mapping[int, Image.Transpose]] = {  # EXIF orientation -> the 
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-_SIDEWAYS: Final = frozenset({5, 6, 7, 8})  # orientations that swap width and height
+_SIDEWAYS: Final = frozenset({5, 6, 7, 8})
+_ORIENTATION: Final = 0x0112  # orientations that swap width and height
 _HIGH_BYTE: Final = [value >> 8 for value in range(65536)]
 
 
@@ -41,7 +42,22 @@ def orientation(image: Image.Image) -> int:
     """The EXIF orientation (1-8; 1 when absent). A broken EXIF block is ignored rather than
     failing the image: the pixels are fine, only the rotation hint is lost."""
     try:
-        value = image.getexif().get(0x0112)
+        value = image.getexif().get(_ORIENTATION)
+    except Exception:
+        log.debug("ignoring unreadable EXIF orientation", exc_info=True)
+        return 1
+    return value if isinstance(value, int) and value in _TRANSPOSE else 1
+
+
+def exif_orientation(raw: bytes | None) -> int:
+    """The orientation in a raw EXIF block (a PNG ``eXIf`` chunk), read without an image:
+    Pillow's PNG ``getexif()`` decodes every pixel to look for a chunk after the image data."""
+    if not raw:
+        return 1
+    exif = Image.Exif()
+    try:
+        exif.load(raw)
+        value = exif.get(_ORIENTATION)
     except Exception:
         log.debug("ignoring unreadable EXIF orientation", exc_info=True)
         return 1
