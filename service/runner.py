@@ -26,7 +26,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from service.activation import ActivationConditions, parse_conditions
 from service.backends.base import ModerationBackend
 from service.backends.factory import build_backend
-from service.capacity import ConcurrencyBudget
+from service.capacity import ConcurrencyBudget, InFlightBytes
 from service.dlq_guard import DeadLetterGuard, outcome_of
 from service.errors import Reason
 from service.fetch import FetchPolicy, ImageFetcher
@@ -112,7 +112,7 @@ class Runner:
         self._task_started: dict[asyncio.Task[None], float] = {}
         self._guard = DeadLetterGuard(settings.safety)
         self._stuck: dict[TopicPartition, float] = {}
-        self._in_flight_bytes = 0
+        self._in_flight_bytes = InFlightBytes(settings.backend.max_in_flight_bytes)
         self._budget: ConcurrencyBudget
         self._slot_freed = asyncio.Event()
         self._consumer: GroupConsumer | None = None
@@ -228,7 +228,10 @@ class Runner:
             budget=budget,
             conditions=self._conditions,
             backend_name=settings.backend.kind,
+            in_flight=self._in_flight_bytes,
         )
+        # Closed after the consumer: the decode pool stops once in-flight work is done.
+        stack.push_async_callback(self._closing("decode pool", pipeline.close))
         consumer = GroupConsumer(
             kafka,
             bootstrap,
@@ -285,7 +288,7 @@ class Runner:
             self.health.polled()
             capacity = self._budget.limit - len(self._tasks)
             held = self._committer.held_bytes() if self._committer is not None else 0
-            if self._in_flight_bytes + held >= max_bytes or not self._guard_admits():
+            if self._in_flight_bytes.total + held >= max_bytes or not self._guard_admits():
                 capacity = 0
             self.metrics.intake_paused.set(1 if capacity <= 0 else 0)
             if capacity <= 0:
@@ -393,7 +396,7 @@ class Runner:
         self._task_started[task] = time.monotonic()
         size = len(record.value or b"") + len(record.key or b"")
         self._task_bytes[task] = size
-        self._in_flight_bytes += size
+        self._in_flight_bytes.add(size)
         task.add_done_callback(self._forget)
         self.metrics.consumed.inc()
         self.metrics.in_flight.set(len(self._tasks))
@@ -401,7 +404,7 @@ class Runner:
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
         self._task_started.pop(task, None)
-        self._in_flight_bytes -= self._task_bytes.pop(task, 0)
+        self._in_flight_bytes.remove(self._task_bytes.pop(task, 0))
         self.metrics.in_flight.set(len(self._tasks))
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
