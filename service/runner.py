@@ -47,6 +47,7 @@ from service.kafka.transactions import (
 )
 from service.messages import Source
 from service.metrics import PipelineMetrics
+from service.objectstore import ObjectStore, S3Options
 from service.pipeline import InputRecord, Pipeline
 from service.policy import RoutingPolicy
 from service.ratelimit import AdaptiveRateLimiter
@@ -204,6 +205,7 @@ class Runner:
         )
         await fetcher.start()
         stack.push_async_callback(self._closing("image fetcher", fetcher.close))
+        objects = await self._open_image_store(stack)
 
         sink = await self._open_sink(stack, kafka, bootstrap)
 
@@ -229,6 +231,7 @@ class Runner:
             conditions=self._conditions,
             backend_name=settings.backend.kind,
             in_flight=self._in_flight_bytes,
+            objects=objects,
         )
         # Closed after the consumer: the decode pool stops once in-flight work is done.
         stack.push_async_callback(self._closing("decode pool", pipeline.close))
@@ -251,6 +254,32 @@ class Runner:
         self.health.started = True
         self.ready.set()
         return consumer, pipeline
+
+    async def _open_image_store(
+        self, stack: contextlib.AsyncExitStack[bool | None]
+    ) -> ObjectStore | None:
+        """The S3 client images are read with: by a backend that reads S3 itself, to decide
+        whether it can read an object as it is (else it is downloaded and converted); by one
+        that cannot, only with MODERATION_LOCAL_READ_S3. Its endpoint: ours when set
+        (MODERATION_LOCAL_S3_ENDPOINT_URL, then S3_ENDPOINT_URL), else the SDK's own variables
+        (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL), else AWS."""
+        settings = self._settings
+        backend = settings.backend
+        if self._backend.input.s3_max_bytes is None and not backend.local.read_s3:
+            return None
+        timeout = settings.fetch.timeout_s
+        store = ObjectStore(
+            S3Options(
+                region=backend.region,
+                endpoint_url=backend.local.s3_endpoint_url or settings.review.s3_endpoint_url,
+                connect_timeout_s=min(10.0, timeout),
+                read_timeout_s=timeout,
+                max_attempts=1,  # the normalize stage retries, within its own bounds
+            )
+        )
+        await store.start()
+        stack.push_async_callback(self._closing("image store", store.close))
+        return store
 
     async def _open_sink(
         self, stack: contextlib.AsyncExitStack[bool | None], kafka: KafkaSettings, bootstrap: str

@@ -38,6 +38,7 @@ from service.metrics import PipelineMetrics
 from service.objectstore import (
     InvalidLocation,
     ObjectForbidden,
+    ObjectRange,
     ObjectStoreError,
     ObjectTooLarge,
     S3Location,
@@ -59,13 +60,6 @@ Action = Literal["passthrough", "converted"]
 T = TypeVar("T")
 R = TypeVar("R")
 P = ParamSpec("P")
-
-
-class ObjectRange(Protocol):
-    """The first bytes of an object and its whole size."""
-
-    data: bytes
-    size: int
 
 
 class SupportsObjectRead(Protocol):
