@@ -68,8 +68,10 @@ def moto_s3() -> Iterator[str]:
 
 
 @pytest.fixture
-async def fake_rekognition() -> AsyncIterator[FakeRekognition]:
-    fake = FakeRekognition()
+async def fake_rekognition(moto_s3: str) -> AsyncIterator[FakeRekognition]:
+    """The fake Rekognition, reading S3Object images from moto (``put_object`` stores them);
+    point the service's S3 reads at the same endpoint (``fake.s3_endpoint_url``)."""
+    fake = FakeRekognition(s3_endpoint_url=moto_s3)
     await fake.start()
     try:
         yield fake
