@@ -1,232 +1,178 @@
-"""Peak memory of the local backend under image bombs, against its documented bound.
+"""Peak memory of normalization under image bombs, against decode_memory_bound().
 
-Each mix runs in a fresh child process (``ru_maxrss`` is a high-water mark, so one process per
-measurement), through ``LocalModelBackend.moderate`` exactly as the pipeline calls it, with
-``callers`` images in flight at once:
+What issue 11 sent and what a pixel bound still admits, each normalized by
+:func:`service.imaging.normalize.normalize` exactly as the normalize stage calls it (one image per
+worker), for both targets: ``encoded`` (JPEG within Rekognition's limits) and ``pixels`` (RGB for
+a local model, shorter side 224). Independent of any backend.
 
-* ``normal``: photo-like JPEGs and PNGs (1024x768), the everyday load;
-* ``bombs``: what issue 11 sent (the 99-byte 10,000 x 10,000 16-bit PNG, 100-megapixel zlib
-  bombs, truncated files), plus the worst images the limit still admits: an RGBA PNG, a 16-bit
-  grey PNG, a palette PNG with transparency, a narrow RGBA strip that cannot be reduced, and a
-  progressive JPEG, each as large as ``MODERATION_MAX_IMAGE_PIXELS`` allows.
+* refused before decoding: the 99-byte 10,000 x 10,000 16-bit PNG (its one row of data is
+  missing), 100 MP zlib bombs, a GIF whose frame grows the canvas to 3.6 GP, a TIFF with a
+  4 GP tile, a progressive JPEG whose coefficients alone are over the bound, truncated files;
+* admitted at the bound (``--max-pixels``): RGBA, 16-bit RGBA, 16-bit grey and palette+tRNS
+  PNGs, a strip too narrow to reduce, a progressive JPEG, a GIF whose frames are spread over
+  a canvas its header does not declare, a CMYK TIFF; all wider than 10,000 px so that none
+  passes to Rekognition untouched; and a 12 MP HEIC (its encoder is too slow for the bound).
 
-The child reports the peak RSS of loading the models ("load peak", VmHWM then), its RSS
-once they are loaded and warmed up with ``workers`` concurrent inferences ("warm RSS": Python,
-the libraries and the models), then resets the kernel's high-water mark (``/proc/self/clear_refs``)
-and reports the peak over the mix ("peak RSS", VmHWM, what ``ru_maxrss`` reads). The bound on the
-increase is ``backend.decode_memory_bound`` (``workers`` x ``decode_memory_bound()``), which
-docs/local-model.md adds to the warm RSS and the in-flight bytes cap for the pipeline's peak.
+Each (image, target) runs in a fresh child process that has imported the codecs and normalized
+a small image of the same format; it resets its RSS high-water mark (``/proc/self/clear_refs``,
+Linux) and reports how far one normalization raised it (VmHWM, what ``ru_maxrss`` reads). The
+bound is ``decode_memory_bound(limits, target, input_bytes=len(image))``: what one worker holds
+beyond the input; the stage's workers times that, plus the inputs in flight, is the service's.
 
-    .venv/bin/python -m bench.image_bombs                       # 2 workers, 40 MP, ~1 minute
-    .venv/bin/python -m bench.image_bombs --workers 4 --max-pixels 20000000 --rounds 2
+    .venv/bin/python -m bench.image_bombs                          # 40 MP, ~1 minute
+    .venv/bin/python -m bench.image_bombs --max-pixels 100000000   # the default bound, ~3 min
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import collections
-import io
 import json
-import math
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from bench.local_model import photo
-from service.backends.local import LocalModelBackend
 from service.errors import InputError
-from tests.images import (
-    cut,
-    pixel_flood_png,
-    png_chunk,
-    png_image,
-    short_stream_png,
-    zlib_bomb_png,
-)
+from service.imaging.normalize import decode_memory_bound, normalize
+from service.imaging.spec import REKOGNITION_INPUT, BackendInput, DecodeLimits
+from tests import image_files as files
+from tests.images import cut, pixel_flood_png, png_chunk, png_image, zlib_bomb_png
 
 MIB = 1024 * 1024
+WIDE = 12_000  # wider than Rekognition's 10,000 px: nothing passes through untouched
+TARGETS: dict[str, BackendInput] = {
+    "encoded": REKOGNITION_INPUT,
+    "pixels": BackendInput("pixels", s3_max_bytes=None, pixel_side=224),
+}
 
 
-def _encode(image: Image.Image, fmt: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
+def bombs(max_pixels: int) -> dict[str, tuple[Callable[[], bytes], Callable[[], bytes]]]:
+    """name: (the image, a small one of its format to load the codec with first)."""
+    height = max_pixels // WIDE
+    palette = (png_chunk(b"PLTE", bytes(3 * 256)), png_chunk(b"tRNS", b"\x00"))
+
+    def progressive() -> bytes:
+        # Smooth noise: a JPEG that is not flat, so its scans carry real coefficients.
+        grain = files.noise(WIDE // 64, max(1, height // 64))
+        return files.encode(grain.resize((WIDE, height)), "JPEG", quality=70, progressive=True)
+
+    return {
+        "png 10000^2 16-bit, 1 row (issue 11)": (pixel_flood_png, files.png_rgb),
+        "png zlib bomb 100 MP RGBA": (zlib_bomb_png, files.png_rgb),
+        "png zlib bomb 100 MP grey": (lambda: zlib_bomb_png(10_000, 10_000, 0), files.png_rgb),
+        "png truncated file": (lambda: cut(zlib_bomb_png(WIDE, height)), files.png_rgb),
+        "gif frame at 60000,60000": (files.gif_canvas_bomb, files.gif_still),
+        "tiff 65536^2 tile": (files.tiff_tile_bomb, files.tiff_rgb),
+        "jpeg coefficients 6 B/px": (
+            lambda: files.jpeg_coefficient_bomb(WIDE, height),
+            files.jpeg_baseline,
+        ),
+        "png RGBA at the bound": (lambda: zlib_bomb_png(WIDE, height), files.png_rgb),
+        "png RGBA 16-bit at the bound": (
+            lambda: png_image(WIDE, height, bit_depth=16, colour_type=6),
+            files.png_rgb,
+        ),
+        "png grey 16-bit at the bound": (
+            lambda: png_image(WIDE, height, bit_depth=16, colour_type=0),
+            files.png_rgb,
+        ),
+        "png palette+tRNS at the bound": (
+            lambda: png_image(WIDE, height, colour_type=3, chunks=palette),
+            files.png_rgb,
+        ),
+        "png RGBA strip 224 high": (
+            lambda: zlib_bomb_png(min(65_535, max_pixels // 224), 224),
+            files.png_rgb,
+        ),
+        "jpeg progressive at the bound": (progressive, files.jpeg_baseline),
+        "gif canvas grown by frames": (
+            lambda: files.gif_spread_canvas(6, (WIDE, height)),
+            files.gif_still,
+        ),
+        "tiff CMYK at the bound": (
+            lambda: files.encode(
+                files.solid(WIDE, height, mode="CMYK"), "TIFF", compression="tiff_deflate"
+            ),
+            files.tiff_rgb,
+        ),
+        "heic 12 MP (phone)": (lambda: files.heic(4000, 3000), files.heic),
+    }
 
 
-def normal_mix(count: int = 16) -> list[bytes]:
-    """Photo-like JPEGs, and the same pictures as PNGs."""
-    jpegs = [photo(1024, 768, seed) for seed in range(count // 2)]
-    pngs = [_encode(Image.open(io.BytesIO(data)), "PNG") for data in jpegs]
-    return jpegs + pngs
-
-
-def bomb_mix(max_pixels: int) -> list[bytes]:
-    """Refused bombs and the largest images the limit admits, in every costly layout."""
-    side = math.isqrt(max_pixels)
-    noise = np.random.default_rng(0).integers(0, 256, (side // 64, side // 64, 3), dtype=np.uint8)
-    # Smooth noise: a JPEG that is not flat yet fits the 5 MiB inline limit.
-    picture = Image.fromarray(noise).resize((side, side), Image.Resampling.BILINEAR)
-    progressive = _encode(picture, "JPEG", quality=70, progressive=True, subsampling=2)
-    del picture
-    transparent = png_chunk_trns()
-    return [
-        pixel_flood_png(),  # refused: 100 MP
-        zlib_bomb_png(),  # refused: 100 MP
-        zlib_bomb_png(10_000, 10_000, 0),  # refused: 100 MP, grey
-        short_stream_png(side, side),  # refused: truncated stream
-        cut(zlib_bomb_png(side, side)),  # refused: truncated file
-        zlib_bomb_png(side, side),  # admitted: RGBA at the limit
-        png_image(side, side, bit_depth=16, colour_type=0),  # admitted: 16-bit grey
-        png_image(side, side, colour_type=3, chunks=transparent),  # admitted: palette + tRNS
-        zlib_bomb_png(min(10_000, max_pixels // 511), 511),  # admitted: too narrow to reduce
-        progressive,  # admitted: progressive JPEG, coefficients held whole
-    ]
-
-
-def png_chunk_trns() -> tuple[bytes, ...]:
-    """PLTE and tRNS for a palette PNG whose index 0 is transparent black."""
-    return (png_chunk(b"PLTE", bytes(3 * 256)), png_chunk(b"tRNS", b"\x00"))
-
-
-def _status(field: str) -> int:
-    """A /proc/self/status size in bytes: VmRSS (now) or VmHWM (the peak, ``ru_maxrss``)."""
+def _hwm() -> int:
+    """VmHWM in bytes: the RSS high-water mark (``ru_maxrss``)."""
     lines = Path("/proc/self/status").read_text().splitlines()
-    return int(next(line for line in lines if line.startswith(field)).split()[1]) * 1024
+    return int(next(line for line in lines if line.startswith("VmHWM")).split()[1]) * 1024
 
 
-def _reset_peak() -> None:
-    """Start the high-water mark again from the current RSS: loading the model peaks higher
-    than it settles, which would hide everything measured after it."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-async def measure(
-    images: list[bytes], *, workers: int, max_pixels: int, callers: int, rounds: int
-) -> dict[str, object]:
-    """Run in the child: the backend's RSS after warm-up, its peak over ``rounds`` of the mix
-    with ``callers`` in flight, the documented bound, and how each image ended."""
-    backend = LocalModelBackend(workers=workers, max_queue=callers, max_image_pixels=max_pixels)
-    await backend.start()
+def child(image: Path, warm: Path, mode: str, max_pixels: int) -> None:
+    """Normalize ``image`` once and print the high-water increase and the outcome."""
+    target, limits = TARGETS[mode], DecodeLimits(max_pixels=max_pixels)
+    normalize(warm.read_bytes(), target, limits)  # a valid image: codecs loaded
+    data = image.read_bytes()
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := the current RSS
+    before = _hwm()
     try:
-        warm = normal_mix(2 * workers)
-        await asyncio.gather(*(backend.moderate(data, 50.0) for data in warm))
-        # Not ru_maxrss: a child starts with its parent's (Linux keeps it across fork and exec).
-        loaded_peak = _status("VmHWM")
-        _reset_peak()
-        baseline = _status("VmRSS")
-        outcomes: collections.Counter[str] = collections.Counter()
-        slots = asyncio.Semaphore(callers)
-
-        async def one(data: bytes) -> None:
-            async with slots:
-                try:
-                    result = await backend.moderate(data, 50.0)
-                    outcomes["approved" if not result.labels else "labelled"] += 1
-                except InputError as exc:
-                    outcomes[str(exc.reason)] += 1
-
-        for _ in range(rounds):
-            await asyncio.gather(*(one(data) for data in images))
-        return {
-            "loaded_peak": loaded_peak,
-            "baseline": baseline,
-            "peak": _status("VmHWM"),
-            "bound": backend.decode_memory_bound,
-            "outcomes": dict(sorted(outcomes.items())),
-        }
-    finally:
-        await backend.close()
-
-
-def child(args: argparse.Namespace) -> None:
-    images = json.loads(Path(args.images).read_text())
-    data = [Path(path).read_bytes() for path in images]
-    report = asyncio.run(
-        measure(
-            data,
-            workers=args.workers,
-            max_pixels=args.max_pixels,
-            callers=args.callers,
-            rounds=args.rounds,
+        result = normalize(data, target, limits)
+        outcome = (
+            f"{len(result.frames)} frame(s)" if result.converted else "passed through untouched"
         )
-    )
-    print(json.dumps(report))
+    except InputError as error:
+        outcome = str(error.reason)
+    print(json.dumps({"increase": _hwm() - before, "outcome": outcome}))
 
 
-def run_mix(name: str, images: list[bytes], args: argparse.Namespace, folder: Path) -> None:
-    paths = []
-    for index, data in enumerate(images):
-        path = folder / f"{name}-{index}.img"
-        path.write_bytes(data)
-        paths.append(str(path))
-    listing = folder / f"{name}.json"
-    listing.write_text(json.dumps(paths))
-    command = [
-        sys.executable,
-        "-m",
-        "bench.image_bombs",
-        "--child",
-        str(listing),
-        "--workers",
-        str(args.workers),
-        "--max-pixels",
-        str(args.max_pixels),
-        "--callers",
-        str(args.callers),
-        "--rounds",
-        str(args.rounds),
-    ]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    loaded, baseline, peak, bound = (
-        int(report[key]) for key in ("loaded_peak", "baseline", "peak", "bound")
+def measure(image: Path, warm: Path, mode: str, max_pixels: int) -> dict[str, object]:
+    command = [sys.executable, "-m", "bench.image_bombs", "--child", str(image), str(warm), mode]
+    done = subprocess.run(
+        [*command, "--max-pixels", str(max_pixels)], check=True, capture_output=True, text=True
     )
-    verdict = "within" if peak - baseline <= bound else "OVER"
-    print(
-        f"| {name:<7} | {len(images):>6} | {loaded / MIB:>9.0f} | {baseline / MIB:>8.0f} "
-        f"| {peak / MIB:>8.0f} | {(peak - baseline) / MIB:>8.0f} | {bound / MIB:>8.0f} "
-        f"| {verdict:<6} | {report['outcomes']} |",
-        flush=True,
-    )
+    report: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-pixels", type=int, default=40_000_000)
-    parser.add_argument("--callers", type=int, default=4, help="images in flight at once")
-    parser.add_argument("--rounds", type=int, default=2, help="passes over each mix")
-    parser.add_argument(
-        "--mix", choices=["normal", "bombs"], nargs="+", default=["normal", "bombs"]
-    )
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--images", help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, metavar=("IMAGE", "WARM", "MODE"), help="internal")
     args = parser.parse_args()
     if args.child:
-        args.images = args.child
-        child(args)
+        image, warm, mode = args.child
+        child(Path(image), Path(warm), mode, args.max_pixels)
         return
+    limits = DecodeLimits(max_pixels=args.max_pixels)
+    print(f"normalize() per image, MODERATION_MAX_IMAGE_PIXELS={args.max_pixels}; MiB")
     print(
-        f"local backend, {args.workers} workers, MODERATION_MAX_IMAGE_PIXELS={args.max_pixels}, "
-        f"{args.callers} images in flight, {args.rounds} rounds; MiB"
+        "| image                                | target  | input KiB | outcome"
+        "               | peak increase | bound  | held   |\n"
+        "|--------------------------------------|---------|-----------|-----------------------"
+        "|---------------|--------|--------|"
     )
-    print(
-        "| mix     | images | load peak | warm RSS | peak RSS | increase | bound    | held   "
-        "| outcomes |\n"
-        "|---------|--------|-----------|----------|----------|----------|----------|--------"
-        "|----------|"
-    )
-    with tempfile.TemporaryDirectory(prefix="image-bombs-") as folder:
-        mixes = {"normal": normal_mix, "bombs": lambda: bomb_mix(args.max_pixels)}
-        for name in args.mix:
-            run_mix(name, mixes[name](), args, Path(folder))
+    over = 0
+    with tempfile.TemporaryDirectory(prefix="image-bombs-") as scratch:
+        folder = Path(scratch)
+        for index, (name, (make, warm_up)) in enumerate(bombs(args.max_pixels).items()):
+            image, warm = folder / f"{index}.img", folder / f"{index}-warm.img"
+            data = make()
+            image.write_bytes(data)
+            warm.write_bytes(warm_up())
+            for mode, target in TARGETS.items():
+                report = measure(image, warm, mode, args.max_pixels)
+                increase = int(str(report["increase"]))
+                bound = decode_memory_bound(limits, target, input_bytes=len(data))
+                held = increase <= bound
+                over += not held
+                print(
+                    f"| {name:<36} | {mode:<7} | {len(data) // 1024:>9} "
+                    f"| {report['outcome']!s:<21} | {increase / MIB:>13.1f} "
+                    f"| {bound / MIB:>6.0f} | {'within' if held else 'OVER':<6} |",
+                    flush=True,
+                )
+    if over:
+        sys.exit(f"{over} measurement(s) over the bound")
 
 
 if __name__ == "__main__":

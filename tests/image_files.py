@@ -246,6 +246,25 @@ def png_palette_transparent() -> bytes:
     return encode(image, "PNG", transparency=0)
 
 
+@functools.cache
+def png_oriented(orientation: int, *, exif_last: bool = False) -> bytes:
+    """``quadrants()`` stored for EXIF ``orientation`` in an ``eXIf`` chunk, which PNG allows
+    before the image data (Pillow writes it there) or, with ``exif_last``, after it."""
+    image = quadrants()
+    if orientation in _STORE_AS:
+        image = image.transpose(_STORE_AS[orientation])
+    exif = Image.Exif()
+    exif[ORIENTATION_TAG] = orientation
+    data = encode(image, "PNG", exif=exif.tobytes())
+    if not exif_last:
+        return data
+    start = data.index(b"eXIf") - 4
+    (length,) = struct.unpack_from(">I", data, start)
+    chunk = data[start : start + 12 + length]
+    without = data.replace(chunk, b"")
+    return without[:-12] + chunk + without[-12:]  # just before IEND
+
+
 GREY16: Final = 0x8A40  # a 16-bit sample whose high byte is 0x8A = 138
 
 

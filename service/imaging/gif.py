@@ -2,16 +2,20 @@
 
 Pillow grows a GIF's canvas to cover any frame that extends past the logical screen, so the
 pixel bound must hold for the largest extent of any frame, not the screen the header declares.
-Counting frames here (one pass over block lengths) also spares Pillow's ``n_frames``, which
-would walk the same blocks through its file object.
+Counting frames here (one pass over block lengths, runs of full sub-blocks skipped a slice at a
+time) also spares Pillow's ``n_frames``, which would walk the same blocks through its file
+object one sub-block at a time.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Final
 
 from service.errors import InputError, Reason
+
+_RUN: Final = 256  # full sub-blocks checked per slice (64 KiB of image data: a typical frame)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +84,19 @@ def scan_gif(  # noqa: PLR0912  # one walk over the blocks
 
 def _skip_sub_blocks(data: bytes | memoryview, position: int) -> int:
     """The offset after a chain of data sub-blocks (each a length byte, then that many bytes,
-    until a zero length); -1 when the data ends first."""
+    until a zero length); -1 when the data ends first.
+
+    Encoders write image data in full 255-byte sub-blocks, so the length bytes of a run of them
+    sit 256 bytes apart: one strided slice reads up to ``_RUN`` of them at C speed, and only the
+    sub-blocks that break a run are stepped over one at a time.
+    """
     size = len(data)
     while position < size:
+        lengths = bytes(data[position : position + 256 * _RUN : 256])
+        full = len(lengths) - len(lengths.lstrip(b"\xff"))
+        if full:
+            position += 256 * full
+            continue
         length = data[position]
         position += 1 + length
         if length == 0:

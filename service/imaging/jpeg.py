@@ -1,8 +1,14 @@
-"""JPEG structure read before decoding: the frame size and sampling, whether the scans are
-progressive (libjpeg then holds every DCT coefficient), and that the file is not cut short."""
+"""JPEG structure read before decoding: the frame size and sampling, whether the image comes in
+several scans (libjpeg then holds every DCT coefficient), and that the file is not cut short.
+
+Only the marker segments up to the first scan are walked, and the end-of-image marker is looked
+for from the end of the file: the entropy-coded data (megabytes for a phone photo) is never read
+in Python.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass
 from typing import Final, Literal, overload
@@ -22,7 +28,7 @@ class JpegHeader:
     height: int
     sampling: tuple[tuple[int, int], ...]  # (horizontal, vertical) factor of each component
     progressive: bool
-    scans: int
+    multiple_scans: bool  # progressive, or a sequential file whose first scan lacks components
 
     @property
     def pixels(self) -> int:
@@ -32,7 +38,7 @@ class JpegHeader:
         """What libjpeg holds for a progressive or multi-scan file: every component's DCT
         coefficients at full resolution, 2 bytes each (64 per 8x8 block, padded to the MCU).
         Single-scan baseline files are decoded a row of blocks at a time and need none of it."""
-        if not self.progressive and self.scans <= 1:
+        if not self.multiple_scans:
             return 0
         h_max = max(h for h, _ in self.sampling)
         v_max = max(v for _, v in self.sampling)
@@ -59,7 +65,8 @@ def _jpeg_frame(segment: bytes | memoryview, marker: int) -> JpegHeader:
     if width == 0 or height == 0:
         # A zero height means "defined by a DNL marker later": no decoder we use supports it.
         raise InputError(Reason.INVALID_IMAGE_FORMAT, f"JPEG frame is {width}x{height} px")
-    return JpegHeader(width, height, sampling, marker in _PROGRESSIVE_SOF, 0)
+    progressive = marker in _PROGRESSIVE_SOF
+    return JpegHeader(width, height, sampling, progressive, multiple_scans=progressive)
 
 
 @overload
@@ -70,10 +77,12 @@ def read_jpeg_header(  # noqa: PLR0912  # one walk over the marker segments
     data: bytes | memoryview, *, complete: bool = True
 ) -> JpegHeader | None:
     """Walk the JPEG's marker segments to the first scan: the frame size and sampling, whether it
-    is progressive, and how many scans follow. A file that ends before a scan starts, or has no
+    is progressive, and whether there are several scans (libjpeg's rule: progressive, or a first
+    scan with fewer components than the frame). A file that ends before a scan starts, or has no
     end-of-image marker after it, is TRUNCATED_IMAGE (an ``FF D9`` pair cannot occur inside
     entropy-coded data, which stuffs every ``FF`` byte). ``complete=False``: ``data`` is a
-    prefix; None when the frame header lies beyond it, and ``scans`` counts what it holds."""
+    prefix; None when the frame header lies beyond it, and the frame header alone decides
+    ``multiple_scans`` (its size is what a prefix is read for)."""
     position = 2
     frame: JpegHeader | None = None
     while True:
@@ -113,6 +122,11 @@ def read_jpeg_header(  # noqa: PLR0912  # one walk over the marker segments
             if not complete:
                 break
         if marker == 0xDA:
+            if frame is not None and length >= 3:
+                in_scan = data[position + 2]
+                frame = dataclasses.replace(
+                    frame, multiple_scans=frame.progressive or in_scan < len(frame.sampling)
+                )
             break
         position += length
     if frame is None:
@@ -120,10 +134,9 @@ def read_jpeg_header(  # noqa: PLR0912  # one walk over the marker segments
     if not complete:
         return frame
     raw = data if isinstance(data, bytes) else bytes(data)
-    if raw.find(b"\xff\xd9", position) < 0:
+    if raw.rfind(b"\xff\xd9", position) < 0:  # from the end: found at once in a whole file
         raise InputError(
             Reason.TRUNCATED_IMAGE,
             f"JPEG data ends before its end-of-image marker ({len(data)} bytes)",
         )
-    scans = raw.count(b"\xff\xda", position - 2)
-    return JpegHeader(frame.width, frame.height, frame.sampling, frame.progressive, scans)
+    return frame

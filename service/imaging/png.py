@@ -99,6 +99,21 @@ def png_animated(data: bytes | memoryview, *, complete: bool) -> bool | None:
     return None
 
 
+def png_exif(data: bytes | memoryview) -> bytes | None:
+    """The payload of the first ``eXIf`` chunk, before or after the image data; chunk headers
+    only are read (None when there is none, or the file ends first)."""
+    position = 33
+    while position + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, position)
+        end = position + 12 + length
+        if length > 0x7FFFFFFF or end > len(data) or kind == b"IEND":
+            return None
+        if kind == b"eXIf":
+            return bytes(data[position + 8 : end - 4])
+        position = end
+    return None
+
+
 def minimal_png(data: bytes, header: PngHeader) -> bytes:
     """The PNG reduced to what the decoder needs, after checking its pixel data is complete.
 

@@ -197,6 +197,25 @@ def test_a_passed_through_jpeg_reports_its_oriented_size(orientation: int) -> No
     assert (frame.width, frame.height) == ((120, 160) if orientation >= 5 else (160, 120))
 
 
+@pytest.mark.parametrize("exif_last", [False, True], ids=["exif-first", "exif-last"])
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_a_png_orientation_is_read_from_its_exif_chunk_wherever_it_is(
+    orientation: int, exif_last: bool, loads: list[Image.Image]
+) -> None:
+    """Passed through, the PNG is not decoded to find an eXIf chunk after the image data (as
+    Pillow's getexif() would); converted, the chunk is applied wherever it was."""
+    data = files.png_oriented(orientation, exif_last=exif_last)
+    assert (data.index(b"eXIf") > data.index(b"IDAT")) is exif_last
+    untouched = normalize(data, REKOGNITION_INPUT, LIMITS)
+    assert not untouched.converted
+    assert (untouched.width, untouched.height) == (160, 120)
+    assert loads == []
+    image = only_image(normalize(data, FULL_PIXELS, LIMITS))
+    assert image.size == (160, 120)
+    for found, wanted in zip(quadrant_colours(image), QUADRANT_COLOURS, strict=True):
+        assert close(found, wanted, 2), (orientation, quadrant_colours(image))
+
+
 # -- the encoded target: JPEG within Rekognition's limits ------------------------------------------
 
 
