@@ -89,12 +89,13 @@ def uploads() -> dict[str, Upload]:
         "tiff": Upload("bytes", f.tiff(colour=REJECT), "rejected", "tiff", True),
         # JPEG and PNG Rekognition cannot take as they are.
         "png-40x40": Upload("bytes", f.tiny("PNG", 40), "approved", "png", True),
-        "jpeg-cmyk": Upload("bytes", f.jpeg_cmyk(), "approved", "jpeg", True),
-        "png-16-bit": Upload("bytes", f.png_rgb16(), "approved", "png", True),
         "png-over-5-mib": Upload(
             "bytes", padded_png(MAX_IMAGE_BYTES + 1000, REVIEW), "review", "png", True
         ),
-        # JPEG and PNG within the limits: passed on untouched (EXIF orientation and all).
+        # JPEG and PNG within the limits: passed on untouched (EXIF orientation and all; CMYK
+        # and 16-bit are JPEG and PNG, which Rekognition reads, so they pass too).
+        "jpeg-cmyk": Upload("bytes", f.jpeg_cmyk(), "approved", "jpeg", False),
+        "png-16-bit": Upload("bytes", f.png_rgb16(), "approved", "png", False),
         "jpeg-exif-rotated": Upload("bytes", f.jpeg_oriented(6), "approved", "jpeg", False),
         "png-alpha": Upload("bytes", f.png_rgba(), "approved", "png", False),
         "jpeg": Upload("bytes", f.jpeg(400, 300, REJECT), "rejected", "jpeg", False),
