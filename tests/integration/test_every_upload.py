@@ -19,11 +19,13 @@ from typing import Any, Literal
 import orjson
 import pytest
 
+from service.settings import Settings
 from tests import image_files
 from tests.fakes.rekognition import MAX_IMAGE_BYTES, FakeRekognition
 from tests.images import BORDERLINE, EXPLICIT, png_chunk
 from tests.integration.test_pipeline import image_server, make_settings, outcomes, running
 from tests.kafka_helpers import Topics, collect, create_topics, produce, request
+from tests.processes import local_settings
 
 pytestmark = pytest.mark.kafka
 
@@ -184,3 +186,60 @@ async def test_every_upload_gets_its_verdict(
     assert not {code for code in fake.stats.errors_by_code if code != "ThrottlingException"}
     # One call per frame analyzed: 21 uploads, 4 + 5 + 3 frames for the three animations.
     assert fake.stats.ok == sum(upload.frames for upload in cases.values())
+
+
+async def test_every_upload_gets_a_verdict_from_the_local_model(
+    kafka_bootstrap: str, topics: Topics, moto_s3: str
+) -> None:
+    """The same uploads through the offline default (pixels from the same normalization, S3
+    objects downloaded with MODERATION_LOCAL_READ_S3): the model's verdicts are its own, but every
+    upload gets one, and each frame is analyzed."""
+    pytest.importorskip("onnxruntime", reason="the local model needs pip install '.[local]'")
+    cases = uploads()
+    routes: dict[str, bytes] = {}
+    messages: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+    async with FakeRekognition(s3_endpoint_url=moto_s3) as s3, image_server(routes) as origin:
+        for name, upload in cases.items():
+            if upload.via == "bytes":
+                image: dict[str, Any] = {"bytes": base64.b64encode(upload.data).decode()}
+            elif upload.via == "url":
+                routes[f"/{name}"] = upload.data
+                image = {"url": f"{origin}/{name}"}
+            else:
+                await s3.put_object(BUCKET, name, upload.data)  # moto, through the fake's client
+                image = {"s3": {"bucket": BUCKET, "key": name}}
+            messages.append((name.encode(), request(name, image), []))
+        await create_topics(kafka_bootstrap, [topics.input, *topics.outputs.values()], 3)
+        settings = Settings.from_env(
+            {
+                **local_settings(kafka_bootstrap, topics),
+                "MODERATION_BACKEND": "local",
+                "MODERATION_LOCAL_WORKERS": "2",
+                "MODERATION_LOCAL_READ_S3": "true",
+                "S3_ENDPOINT_URL": moto_s3,
+                "MODERATION_MAX_INPUT_BYTES": str(16 * 1024 * 1024),
+                "MODERATION_FETCH_ALLOWED_NETWORKS": "127.0.0.1/32",
+                "MODERATION_FETCH_TIMEOUT_S": "30",
+                "MODERATION_SHUTDOWN_GRACE_S": "5",
+            }
+        )
+        await produce(kafka_bootstrap, topics.input, messages)
+        async with running(settings) as runner:
+            records = await collect(
+                kafka_bootstrap, list(topics.outputs.values()), len(cases), timeout_s=300
+            )
+            frames = runner.metrics.registry.get_sample_value("moderation_frames_analyzed_total")
+    seen = outcomes(records)
+    verdict_topics = {topics.outputs[v] for v in ("approved", "rejected", "review")}
+    wrong = {
+        name: (seen[name][0][0], seen[name][0][1].get("error"))
+        for name in cases
+        if len(seen.get(name, [])) != 1 or seen[name][0][0] not in verdict_topics
+    }
+    assert not wrong, wrong
+    for name, upload in cases.items():
+        analyzed = seen[name][0][1]["analyzed"]
+        assert analyzed["format"] == upload.format, name
+        assert analyzed["converted"] is True, name  # pixels, whatever came in
+        assert analyzed["frames_analyzed"] == upload.frames, name
+    assert frames == sum(upload.frames for upload in cases.values())
