@@ -234,8 +234,14 @@ async def run(args: argparse.Namespace) -> None:
                 print(f"| {round_} | {_cells(row)} | {spread} |", flush=True)
     finally:
         await broker.stop()
-    median = tuple(statistics.median(column) for column in zip(*rows, strict=True))
-    print(f"| median | {_cells(median)} | |")
+    medians = [statistics.median(column) for column in zip(*rows, strict=True)]
+    ratios = [e2e / bare for bare, e2e, *_ in rows]
+    cpu_ratios = [bare_cpu / (service + broker_cpu) for _, _, bare_cpu, service, broker_cpu in rows]
+    print(
+        f"| median | {medians[0]:.1f} | {medians[1]:.1f} | {statistics.median(ratios):.2f}x "
+        f"| {medians[2] * 1000:.1f} | {medians[3] * 1000:.1f} | {medians[4] * 1000:.1f} "
+        f"| {statistics.median(cpu_ratios):.2f}x | |"
+    )
 
 
 def _cells(row: tuple[float, float, float, float, float]) -> str:
