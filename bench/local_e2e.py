@@ -25,6 +25,7 @@ tends to on a quiet machine where both are CPU-bound.
 
     .venv/bin/python -m bench.local_e2e                       # 400 images, 3 rounds, ~4 minutes
     .venv/bin/python -m bench.local_e2e --images 200 --rounds 1 --workers 2
+    .venv/bin/python -m bench.local_e2e --quiet 0.5     # on a shared machine: wait for calm
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ from tests.processes import local_settings, process_env, running_process
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 6
+
+
+async def wait_for_quiet(load: float | None, patience_s: float = 600) -> None:
+    """With ``--quiet LOAD``: wait (up to ``patience_s``) until the 1-minute load average of the
+    machine is under ``load``, so a round starts while the neighbours rest."""
+    deadline = time.monotonic() + patience_s
+    while load is not None and os.getloadavg()[0] >= load and time.monotonic() < deadline:
+        await asyncio.sleep(5)
 
 
 def pictures(count: int, width: int, height: int) -> list[bytes]:
@@ -220,9 +229,11 @@ async def run(args: argparse.Namespace) -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="local-e2e-") as logs:
             for round_ in range(1, args.rounds + 1):
+                await wait_for_quiet(args.quiet)
                 bare, bare_cpu = await asyncio.to_thread(
                     bare_rate, images, args.workers, args.threads
                 )
+                await wait_for_quiet(args.quiet)
                 e2e, verdicts, pid = await end_to_end_rate(
                     broker, values, args.workers, args.threads, Path(logs) / f"{round_}.log"
                 )
@@ -262,6 +273,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads per worker")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--quiet", type=float, help="before each measurement, wait until the load average < this"
+    )
     asyncio.run(run(parser.parse_args()))
 
 
