@@ -11,8 +11,8 @@ Why it looks like this:
   format once, in its own pool and within its bounds (JPEGs straight at the reduced DCT scale),
   and hands each frame's pixels here, so nothing is encoded for a model that resizes anyway.
   Bytes are still taken for direct use (tools, tests): they go through the same
-  :func:`service.imaging.normalize.normalize` in the backend's preparation pool. S3 references are not read
-  here: the service downloads them (``input.s3_max_bytes`` is None).
+  :func:`service.imaging.normalize.normalize` in the backend's preparation pool. S3 references
+  are not read here: the service downloads them (``input.s3_max_bytes`` is None).
 * **Off the event loop, bounded.** Each model's preprocessing runs in one fixed thread pool,
   inference (``session.run`` only, like a bare benchmark) in another of ``workers`` threads, so
   with cores to spare the next images are prepared while the models run; Pillow, numpy and
