@@ -217,7 +217,8 @@ def main() -> None:
             service: Callable[[], object] = functools.partial(normalize, data, target, LIMITS)
             jobs.append((row, service, pillow_job(data, result)))
     print(
-        f"one thread (CPU time of the process), {args.rounds} interleaved rounds of {args.duration:.0f} s per side"
+        f"one thread (CPU time of the process), {args.rounds} interleaved rounds "
+        f"of {args.duration:.0f} s per side"
     )
     for _ in range(args.rounds):
         for row, ours, pillow in jobs:
