@@ -329,8 +329,6 @@ class _PipelineGen:
     def valid_s3(self) -> _Base:
         key, outcome = self.rng.choice(self._s3_keys)
         s3: dict[str, object] = {"bucket": S3_BUCKET, "key": key}
-        if self.rng.random() < 0.3:
-            s3["version"] = self.text(1, 20)
         return "valid_s3", self.request(self.next_id("s3"), {"s3": s3}), _one(outcome)
 
     def valid_url(self) -> _Base:
@@ -541,7 +539,13 @@ class _PipelineGen:
         return "redirect_to_forbidden", value, _one(dlq("forbidden_url"))
 
     def invalid_s3_object(self) -> _Base:
-        s3 = {"bucket": S3_BUCKET, "key": f"gone/{self.rng.randint(0, 10**6)}.jpg"}
+        s3: dict[str, object] = {
+            "bucket": S3_BUCKET,
+            "key": f"gone/{self.rng.randint(0, 10**6)}.jpg",
+        }
+        if self.rng.random() < 0.3:  # an object that exists, at a version that does not
+            s3 = {"bucket": S3_BUCKET, "key": self.rng.choice(self._s3_keys)[0]}
+            s3["version"] = self.text(1, 20)
         value = self.request(self.next_id("gone"), {"s3": s3})
         return "invalid_s3_object", value, _one(dlq("invalid_s3_object"))
 

@@ -175,17 +175,24 @@ async def run_pipeline(
 
 
 @pytest.fixture(scope="module")
-async def fuzz_run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> FuzzRun:
-    """The 10,000-record run on the Rekognition path (the fake endpoint), URLs included."""
+async def fuzz_run(
+    kafka_bootstrap: str, moto_s3: str, tmp_path_factory: pytest.TempPathFactory
+) -> FuzzRun:
+    """The 10,000-record run on the Rekognition path (the fake endpoint, S3 objects in moto),
+    URLs included."""
     log = tmp_path_factory.mktemp("fuzz") / "pipeline.log"
     routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
-    async with FakeRekognition() as fake, serve_origin(routes) as origin:
+    async with (
+        FakeRekognition(s3_endpoint_url=moto_s3) as fake,
+        serve_origin(routes) as origin,
+    ):
         corpus = pipeline_records(SEED, origin=origin, count=RECORDS, partitions=PARTITIONS)
         routes.update(corpus.url_routes)
         for (bucket, key), labels in corpus.s3_objects.items():
-            fake.set_object(bucket, key, labels=labels)
+            await fake.put_object(bucket, key, labels=labels)
         settings = {
             "REKOGNITION_ENDPOINT_URL": fake.endpoint_url,
+            "AWS_ENDPOINT_URL_S3": moto_s3,  # the SDK's own variable: the service reads S3 there
             "MODERATION_TPS": "5000",
             "MODERATION_FETCH_ALLOWED_NETWORKS": f"{ORIGIN_HOST}/32",
             "MODERATION_FETCH_TIMEOUT_S": "5",

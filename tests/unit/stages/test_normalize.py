@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 
 import pytest
 from PIL import Image
@@ -235,3 +236,25 @@ async def test_a_closed_stage_takes_no_more_images() -> None:
     await stage.close()  # idempotent
     with pytest.raises(RuntimeError):
         await stage.normalize(LoadedImage(image_files.webp_lossy(), 0))
+
+
+async def test_the_time_limit_starts_when_a_worker_takes_the_image() -> None:
+    """Queueing behind other images never counts: with the only worker busy for longer than
+    the limit, an image waiting for it is still normalized."""
+    stage = Normalizer(
+        REKOGNITION_INPUT,
+        ImageSettings.model_validate(
+            {"MODERATION_DECODE_WORKERS": 1, "MODERATION_DECODE_TIMEOUT_S": 0.1}
+        ),
+        metrics=PipelineMetrics(CollectorRegistry()),
+        max_download_bytes=MB,
+    )
+    busy = threading.Event()
+    stage._pool.submit(busy.wait, 5)  # the only worker, taken
+    waiting = asyncio.create_task(stage.normalize(LoadedImage(image_files.webp_lossy(), 0)))
+    await asyncio.sleep(0.3)  # three times the limit, in the queue
+    assert not waiting.done()
+    busy.set()
+    prepared = await waiting
+    assert prepared.converted
+    await stage.close()
