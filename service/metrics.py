@@ -10,6 +10,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service.errors import Reason
+from service.imaging.formats import SUPPORTED_FORMATS
 from service.taxonomy import TOP_LEVEL_CATEGORIES, top_level_of
 
 REVIEW_OUTCOMES = (
@@ -24,6 +25,7 @@ REVIEW_OUTCOMES = (
 # Backend calls take 50 ms to seconds; end-to-end adds queueing, so its buckets reach further.
 _CALL_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
 _E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+_NORMALIZE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0)
 _REVIEW_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0)
 
 
@@ -195,6 +197,27 @@ class PipelineMetrics(StreamMetrics):
         self.reviews_started = Counter(
             "moderation_reviews_started", "Human reviews started.", ["mode"], registry=r
         )
+        self.images_normalized = Counter(
+            "moderation_images_normalized",
+            "Images made ready for the backend, by source format and action: passthrough (sent "
+            "as uploaded, or as its S3 reference) or converted (decoded and re-encoded, or "
+            "reduced to pixels).",
+            ["format", "action"],
+            registry=r,
+        )
+        self.normalize_duration = Histogram(
+            "moderation_normalize_duration_seconds",
+            "Time a decode worker spent on one image (from when it took it), by action.",
+            ["action"],
+            buckets=_NORMALIZE_BUCKETS,
+            registry=r,
+        )
+        self.frames_analyzed = Counter(
+            "moderation_frames_analyzed",
+            "Frames the backend analyzed (a still image is one; an animation up to "
+            "MODERATION_MAX_FRAMES), each one backend call.",
+            registry=r,
+        )
 
     def initialise(self, backend: str) -> None:
         """Create every known label set at zero, so each series exists from the first scrape.
@@ -217,6 +240,10 @@ class PipelineMetrics(StreamMetrics):
             self.dlq_guard_tripped.labels(kind=kind).set(0)
         for outcome in ("released", "leader_alive", "refused", "failed"):
             self.group_recoveries.labels(outcome=outcome)
+        for action in ("passthrough", "converted"):
+            self.normalize_duration.labels(action=action)
+            for fmt in SUPPORTED_FORMATS:
+                self.images_normalized.labels(format=fmt, action=action)
 
     def count_labels(self, names: list[str]) -> None:
         """Count each top-level category once per verdict (a verdict often has parent + child)."""

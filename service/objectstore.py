@@ -85,6 +85,14 @@ class FileLocation:
 Location = S3Location | FileLocation
 
 
+@dataclass(frozen=True)
+class ObjectRange:
+    """The first bytes of an object, and the size of all of it."""
+
+    data: bytes
+    size: int
+
+
 def parse_location(uri: str) -> Location:
     """``s3://bucket/key`` or an absolute ``file:///path`` (percent-decoded), else
     :class:`InvalidLocation`."""
@@ -302,6 +310,16 @@ class ObjectStore:
         path = self._inside_root(location)
         return await asyncio.to_thread(_read_file, path, max_bytes, location.uri)
 
+    async def get_range(self, location: Location, length: int) -> ObjectRange:
+        """The object's first ``length`` bytes (fewer when it is shorter) and its whole size: one
+        ranged GET, so a decision about a large object costs a few kilobytes."""
+        if length < 1:
+            raise ValueError("length must be at least 1")
+        if isinstance(location, S3Location):
+            return await self._get_s3_range(location, length)
+        path = self._inside_root(location)
+        return await asyncio.to_thread(_read_file_range, path, length, location.uri)
+
     async def put(
         self, location: Location, body: bytes, *, content_type: str = "application/octet-stream"
     ) -> None:
@@ -333,6 +351,28 @@ class ObjectStore:
                 return await read_capped(body, max_bytes, location.uri)
         except (BotoCoreError, ClientError, aiohttp.ClientError, TimeoutError) as exc:
             raise translate_error(exc, location.uri) from exc
+
+    async def _get_s3_range(self, location: S3Location, length: int) -> ObjectRange:
+        client = self._client()
+        request = {"Bucket": location.bucket, "Key": location.key, "Range": f"bytes=0-{length - 1}"}
+        if location.version is not None:
+            request["VersionId"] = location.version
+        try:
+            response = await client.get_object(**request)
+            body = response["Body"]
+            async with body:
+                data = await read_capped(body, length, location.uri)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                return ObjectRange(b"", 0)  # S3's answer for any range of an empty object
+            raise translate_error(exc, location.uri) from exc
+        except (BotoCoreError, aiohttp.ClientError, TimeoutError) as exc:
+            raise translate_error(exc, location.uri) from exc
+        # "bytes 0-65535/1234567"; absent when the store ignored the range (the whole object).
+        content_range = str(response.get("ContentRange") or "")
+        _, _, total = content_range.rpartition("/")
+        size = int(total) if total.isdigit() else len(data)
+        return ObjectRange(data, size)
 
     async def _put_s3(self, location: S3Location, body: bytes, content_type: str) -> None:
         client = self._client()
@@ -374,6 +414,22 @@ def _read_file(path: Path, max_bytes: int, uri: str) -> bytes:
     if len(data) > max_bytes:
         raise ObjectTooLarge(uri, max_bytes)
     return data
+
+
+def _read_file_range(path: Path, length: int, uri: str) -> ObjectRange:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
+                raise ObjectMissing("NotAFile", f"{uri} is not a regular file")
+            with os.fdopen(fd, "rb", closefd=False) as file:
+                data = file.read(length)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise _file_error(exc, uri) from exc
+    return ObjectRange(data, status.st_size)
 
 
 def _write_file(path: Path, body: bytes, uri: str) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from service.activation import ActivationConditions
 from service.backends.base import ModerationBackend
-from service.capacity import ConcurrencyBudget
+from service.capacity import ConcurrencyBudget, InFlightBytes
 from service.clock import utc_now
 from service.errors import GaveUp, InputError, Reason, RecordRefused
 from service.kafka.publisher import SupportsPublish, publish_dead_letter
@@ -30,7 +30,7 @@ from service.stages.analyze import Analyzer
 from service.stages.decide import Decider
 from service.stages.load import ImageLoader, SupportsFetch
 from service.stages.match import Matcher
-from service.stages.normalize import Normalizer
+from service.stages.normalize import Normalizer, SupportsObjectRead
 from service.stages.parse import RequestParser
 from service.stages.publish import VerdictPublisher
 
@@ -62,8 +62,14 @@ class Pipeline:
         budget: ConcurrencyBudget,
         conditions: ActivationConditions | None = None,
         backend_name: str = "rekognition",
+        objects: SupportsObjectRead | None = None,
+        in_flight: InFlightBytes | None = None,
     ) -> None:
+        """``objects``: reads S3 objects (None: S3 references go to a backend that reads S3 as
+        they are, and are refused by one that cannot); ``in_flight``: the byte budget that
+        downloaded originals count against."""
         self._settings = settings
+        self._in_flight = in_flight or InFlightBytes()
         self._sink = sink
         self._metrics = metrics
         self._parser = RequestParser(
@@ -71,7 +77,14 @@ class Pipeline:
             max_image_bytes=settings.fetch.max_bytes,
         )
         self._loader = ImageLoader(fetcher)
-        self._normalizer = Normalizer()
+        self._normalizer = Normalizer(
+            backend.input,
+            settings.images,
+            metrics=metrics,
+            objects=objects,
+            max_download_bytes=settings.fetch.max_bytes,
+            in_flight=self._in_flight,
+        )
         self._matcher = Matcher()
         self._analyzer = Analyzer(
             backend,
@@ -92,14 +105,28 @@ class Pipeline:
         started = time.monotonic()
         request: ModerationRequest | None = None
         attempts = 0
+        body = _UrlBody(self._in_flight)  # a URL's body, held from before it is read until done
         try:
             request = self._parser.parse(record.value)
-            image = await self._loader.load(request)
-            attempts = image.attempts
-            image = await self._normalizer.normalize(image)
+            loaded = await self._loader.load(request, body.reserve)
+            attempts = loaded.attempts
+            if isinstance(loaded.content, bytes):
+                body.shrink(len(loaded.content))
+            image = await self._normalizer.normalize(loaded)
             image = await self._matcher.match(image)
             loop = loop_name(request)
             analysis = await self._analyzer.analyze(request, image, loop)
+            outcome = self._decider.decide(loop, analysis)
+            if (
+                outcome.verdict == "review"
+                and outcome.review_mode != "managed"
+                and len(analysis.frames) > 1
+                and self._analyzer.managed_review(loop) is not None
+            ):
+                # Animations are analyzed without a managed loop; the deciding frame goes
+                # again with one, so A2I (and its conditions) decide whether people look.
+                analysis = await self._analyzer.review_frame(request, analysis, outcome.frame, loop)
+                outcome = self._decider.decide(loop, analysis)
         except InputError as exc:
             tries = max(attempts, exc.attempts)
             return await self._dead_lettered(
@@ -110,8 +137,9 @@ class Pipeline:
             return await self._dead_lettered(
                 record, request, Reason.BACKEND_ERROR, message, exc.attempts, started=started
             )
+        finally:
+            body.release()
 
-        outcome = self._decider.decide(loop, analysis)
         if outcome.review_mode is not None:
             self._metrics.reviews_started.labels(mode=outcome.review_mode).inc()
         try:
@@ -135,9 +163,13 @@ class Pipeline:
                 started=started,
             )
         self._metrics.verdicts.labels(verdict=outcome.verdict, decided_by="model").inc()
-        self._metrics.count_labels([label.name for label in analysis.result.labels])
+        self._metrics.count_labels([label.name for label in analysis.labels])
         self._observe_done(record, started)
         return outcome.verdict
+
+    async def close(self) -> None:
+        """Shut the decode pool down (after in-flight work drained or was cancelled)."""
+        await self._normalizer.close()
 
     async def _dead_lettered(
         self,
@@ -202,3 +234,27 @@ class Pipeline:
             max_record_bytes=self._settings.safety.dlq_max_record_bytes,
         )
         self._metrics.dead_letters.labels(reason=reason).inc()
+
+
+class _UrlBody:
+    """The in-flight bytes held for one message's URL download: reserved before the body is
+    read (each attempt anew), cut to its size once it is in, released when the message is done."""
+
+    def __init__(self, in_flight: InFlightBytes) -> None:
+        self._in_flight = in_flight
+        self.held = 0
+
+    async def reserve(self, size: int) -> None:
+        self.release()  # what an earlier attempt held
+        await self._in_flight.reserve(size)
+        self.held = size
+
+    def shrink(self, size: int) -> None:
+        if size < self.held:
+            self._in_flight.release(self.held - size)
+            self.held = size
+
+    def release(self) -> None:
+        if self.held:
+            self._in_flight.release(self.held)
+            self.held = 0

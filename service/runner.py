@@ -26,7 +26,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from service.activation import ActivationConditions, parse_conditions
 from service.backends.base import ModerationBackend
 from service.backends.factory import build_backend
-from service.capacity import ConcurrencyBudget
+from service.capacity import ConcurrencyBudget, InFlightBytes
 from service.dlq_guard import DeadLetterGuard, outcome_of
 from service.errors import Reason
 from service.fetch import FetchPolicy, ImageFetcher
@@ -47,6 +47,7 @@ from service.kafka.transactions import (
 )
 from service.messages import Source
 from service.metrics import PipelineMetrics
+from service.objectstore import ObjectStore, S3Options
 from service.pipeline import InputRecord, Pipeline
 from service.policy import RoutingPolicy
 from service.ratelimit import AdaptiveRateLimiter
@@ -112,7 +113,7 @@ class Runner:
         self._task_started: dict[asyncio.Task[None], float] = {}
         self._guard = DeadLetterGuard(settings.safety)
         self._stuck: dict[TopicPartition, float] = {}
-        self._in_flight_bytes = 0
+        self._in_flight_bytes = InFlightBytes(settings.backend.max_in_flight_bytes)
         self._budget: ConcurrencyBudget
         self._slot_freed = asyncio.Event()
         self._consumer: GroupConsumer | None = None
@@ -204,6 +205,7 @@ class Runner:
         )
         await fetcher.start()
         stack.push_async_callback(self._closing("image fetcher", fetcher.close))
+        objects = await self._open_image_store(stack)
 
         sink = await self._open_sink(stack, kafka, bootstrap)
 
@@ -228,7 +230,11 @@ class Runner:
             budget=budget,
             conditions=self._conditions,
             backend_name=settings.backend.kind,
+            in_flight=self._in_flight_bytes,
+            objects=objects,
         )
+        # Closed after the consumer: the decode pool stops once in-flight work is done.
+        stack.push_async_callback(self._closing("decode pool", pipeline.close))
         consumer = GroupConsumer(
             kafka,
             bootstrap,
@@ -248,6 +254,32 @@ class Runner:
         self.health.started = True
         self.ready.set()
         return consumer, pipeline
+
+    async def _open_image_store(
+        self, stack: contextlib.AsyncExitStack[bool | None]
+    ) -> ObjectStore | None:
+        """The S3 client images are read with: by a backend that reads S3 itself, to decide
+        whether it can read an object as it is (else it is downloaded and converted); by one
+        that cannot, only with MODERATION_LOCAL_READ_S3. Its endpoint: ours when set
+        (MODERATION_LOCAL_S3_ENDPOINT_URL, then S3_ENDPOINT_URL), else the SDK's own variables
+        (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL), else AWS."""
+        settings = self._settings
+        backend = settings.backend
+        if self._backend.input.s3_max_bytes is None and not backend.local.read_s3:
+            return None
+        timeout = settings.fetch.timeout_s
+        store = ObjectStore(
+            S3Options(
+                region=backend.region,
+                endpoint_url=backend.local.s3_endpoint_url or settings.review.s3_endpoint_url,
+                connect_timeout_s=min(10.0, timeout),
+                read_timeout_s=timeout,
+                max_attempts=1,  # the normalize stage retries, within its own bounds
+            )
+        )
+        await store.start()
+        stack.push_async_callback(self._closing("image store", store.close))
+        return store
 
     async def _open_sink(
         self, stack: contextlib.AsyncExitStack[bool | None], kafka: KafkaSettings, bootstrap: str
@@ -285,7 +317,7 @@ class Runner:
             self.health.polled()
             capacity = self._budget.limit - len(self._tasks)
             held = self._committer.held_bytes() if self._committer is not None else 0
-            if self._in_flight_bytes + held >= max_bytes or not self._guard_admits():
+            if self._in_flight_bytes.total + held >= max_bytes or not self._guard_admits():
                 capacity = 0
             self.metrics.intake_paused.set(1 if capacity <= 0 else 0)
             if capacity <= 0:
@@ -393,7 +425,7 @@ class Runner:
         self._task_started[task] = time.monotonic()
         size = len(record.value or b"") + len(record.key or b"")
         self._task_bytes[task] = size
-        self._in_flight_bytes += size
+        self._in_flight_bytes.add(size)
         task.add_done_callback(self._forget)
         self.metrics.consumed.inc()
         self.metrics.in_flight.set(len(self._tasks))
@@ -401,7 +433,7 @@ class Runner:
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
         self._task_started.pop(task, None)
-        self._in_flight_bytes -= self._task_bytes.pop(task, 0)
+        self._in_flight_bytes.remove(self._task_bytes.pop(task, 0))
         self.metrics.in_flight.set(len(self._tasks))
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:

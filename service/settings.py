@@ -156,7 +156,7 @@ class LocalModelSettings(EnvGroup):
     """The offline backend (``.[local]`` extra): models shipped in wheels, a bounded pool."""
 
     models: Annotated[tuple[LocalModel, ...], CommaSeparated] = variable(
-        "MODERATION_LOCAL_MODELS", ("opennsfw",)
+        "MODERATION_LOCAL_MODELS", ("opennsfw", "safety")
     )
     workers: int = variable(
         "MODERATION_LOCAL_WORKERS",

@@ -11,11 +11,17 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from service.kafka.embedded import EmbeddedBroker, free_port
 from tests.fakes.rekognition import FakeRekognition
 from tests.kafka_helpers import Topics
 from tests.noida import noida_binary, noida_broker
+
+# No per-example deadline: that is a timing assertion, and a shared CI machine makes it flaky.
+# Speed is measured by the benchmarks under bench/.
+hypothesis_settings.register_profile("service", deadline=None)
+hypothesis_settings.load_profile("service")
 
 
 @pytest.fixture(scope="session")
@@ -68,8 +74,10 @@ def moto_s3() -> Iterator[str]:
 
 
 @pytest.fixture
-async def fake_rekognition() -> AsyncIterator[FakeRekognition]:
-    fake = FakeRekognition()
+async def fake_rekognition(moto_s3: str) -> AsyncIterator[FakeRekognition]:
+    """The fake Rekognition, reading S3Object images from moto (``put_object`` stores them);
+    point the service's S3 reads at the same endpoint (``fake.s3_endpoint_url``)."""
+    fake = FakeRekognition(s3_endpoint_url=moto_s3)
     await fake.start()
     try:
         yield fake

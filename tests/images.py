@@ -18,8 +18,10 @@ def label(name: str, confidence: float, parent: str = "", level: int = 1) -> dic
 
 
 def png(*labels: dict[str, object], salt: str = "") -> bytes:
-    """A PNG-magic blob whose labels the fake Rekognition reads from the FAKE-LABELS marker."""
-    return PNG_HEADER + salt.encode() + b"FAKE-LABELS:" + orjson.dumps(list(labels))
+    """A real 96 x 96 PNG (within Rekognition's limits, so the service passes it on untouched)
+    whose labels the fake Rekognition reads from the FAKE-LABELS marker after its IEND chunk
+    (decoders stop at IEND); ``salt`` makes its bytes distinct."""
+    return _MARKED_BASE + salt.encode() + b"FAKE-LABELS:" + orjson.dumps(list(labels))
 
 
 def b64(data: bytes) -> str:
@@ -50,6 +52,9 @@ def solid_png(
         + chunk(b"IDAT", zlib.compress(row * height))
         + chunk(b"IEND", b"")
     )
+
+
+_MARKED_BASE = solid_png(96, 96, (90, 110, 130))
 
 
 # -- hostile PNGs and JPEGs (image bombs, truncation), built without Pillow ------------------------

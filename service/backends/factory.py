@@ -5,6 +5,7 @@ from __future__ import annotations
 from service.backends.base import ModerationBackend
 from service.backends.rekognition import RekognitionBackend
 from service.errors import ConfigError
+from service.imaging.spec import DecodeLimits
 from service.settings import Settings
 
 
@@ -19,16 +20,16 @@ def build_backend(settings: Settings) -> ModerationBackend:
         raise ConfigError(
             "MODERATION_BACKEND", f"'local' needs the local extra: pip install '.[local]' ({exc})"
         ) from exc
-    local = backend.local
+    # Images reach it decoded by the normalize stage, which also downloads S3 objects
+    # (MODERATION_LOCAL_READ_S3): the backend only runs the models.
+    local, images = backend.local, settings.images
     return LocalModelBackend(
         workers=local.workers,
         max_queue=local.max_queue,
         models=local.models,
         threads_per_worker=local.threads_per_worker,
         model_paths=dict(local.model_paths) or None,
-        read_s3=local.read_s3,
-        s3_region=backend.region,
-        s3_endpoint_url=local.s3_endpoint_url,
-        s3_timeout_s=backend.call_timeout_s,
-        max_image_pixels=settings.images.max_pixels,
+        limits=DecodeLimits(  # for bytes sent directly, as the stage would decode them
+            images.max_pixels, images.max_frames, images.decode_timeout_s, images.jpeg_quality
+        ),
     )

@@ -82,11 +82,14 @@ class NormalizedImage:
 
 
 def passes_as_is(header: ImageHeader, size: int, target: BackendInput, *, s3: bool) -> bool:
-    """Whether the backend reads the image exactly as it is (JPEG or PNG, still, sides within
-    limits, ``size`` within ``max_bytes`` or, for an S3 reference, ``s3_max_bytes``)."""
+    """Whether the backend reads the image exactly as it is (JPEG or PNG, still, 8-bit grey
+    or colour samples, sides within limits, ``size`` within ``max_bytes`` or, for an S3
+    reference, ``s3_max_bytes``)."""
     if target.mode != "encoded" or header.format not in ("jpeg", "png"):
         return False
     if header.animated is not False:  # None: an APNG cannot be ruled out from a prefix
+        return False
+    if not header.plain_samples:  # CMYK JPEG, 16-bit PNG: converted rather than risked
         return False
     sides = (header.width, header.height)
     if min(sides) < target.min_side or max(sides) > target.max_side:

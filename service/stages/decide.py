@@ -1,6 +1,10 @@
 """Decide: labels and the backend's managed review into a verdict, its reasons and, for a review,
 the review details that travel on the review topic.
 
+An animation's frames are decided one by one and the worst verdict (rejected, then review, then
+approved; the earliest frame among equals) is the image's, so conditions never combine labels
+seen in different frames.
+
 The rules are :func:`service.routing.decide`'s and :func:`service.activation.evaluate`'s (pure);
 this stage picks their inputs: the activation conditions are evaluated here only when no managed
 review started (A2I evaluated them itself otherwise).
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from service.activation import ActivationConditions, Evaluation, evaluate
+from service.backends.base import ModerationResult
 from service.messages import Verdict
 from service.policy import RoutingPolicy
 from service.review.loops import review_details
@@ -20,6 +25,7 @@ from service.settings import ReviewSettings
 from service.stages.analyze import Analysis
 
 ReviewMode = Literal["managed", "self_hosted"]
+_SEVERITY: dict[Verdict, int] = {"approved": 0, "review": 1, "rejected": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +34,7 @@ class Outcome:
     reasons: list[dict[str, Any]]
     review_mode: ReviewMode | None  # set for a review verdict
     review: dict[str, Any] | None  # the review record's ``review`` object, for a review verdict
+    frame: int = 0  # the frame whose verdict it is (an animation's worst)
 
 
 class Decider:
@@ -42,7 +49,18 @@ class Decider:
         self._conditions = conditions
 
     def decide(self, loop: str, analysis: Analysis) -> Outcome:
-        result = analysis.result
+        """The worst frame's outcome."""
+        worst: Outcome | None = None
+        for frame in analysis.frames:
+            outcome = self._decide_frame(loop, frame.index, frame.result, analysis.review_refused)
+            if worst is None or _SEVERITY[outcome.verdict] > _SEVERITY[worst.verdict]:
+                worst = outcome
+        assert worst is not None  # an analysis has at least one frame
+        return worst
+
+    def _decide_frame(
+        self, loop: str, index: int, result: ModerationResult, review_refused: bool
+    ) -> Outcome:
         managed = result.managed_review
         evaluation = None
         if self._conditions is not None and managed is None:
@@ -55,7 +73,7 @@ class Decider:
             human_loop_arn=managed.loop_arn if managed is not None else None,
         )
         if decision.verdict != "review":
-            return Outcome(decision.verdict, decision.reasons, None, None)
+            return Outcome(decision.verdict, decision.reasons, None, None, index)
         mode: ReviewMode
         if managed is not None:
             mode = "managed"
@@ -74,9 +92,9 @@ class Decider:
             activation_reasons=activation_reasons,
             activation_results=activation_results,
             sla_s=self._review.sla_s,
-            fallback_reason="human_loop_quota_exceeded" if analysis.review_refused else None,
+            fallback_reason="human_loop_quota_exceeded" if review_refused else None,
         )
-        return Outcome("review", decision.reasons, mode, details)
+        return Outcome("review", decision.reasons, mode, details, index)
 
 
 def _self_hosted_activation(

@@ -6,9 +6,9 @@ matching (and a bank hit's verdict) goes.
 
 from __future__ import annotations
 
-from service.stages.load import LoadedImage
+from service.stages.normalize import PreparedImage
 
 
 class Matcher:
-    async def match(self, image: LoadedImage) -> LoadedImage:
+    async def match(self, image: PreparedImage) -> PreparedImage:
         return image

@@ -36,12 +36,13 @@ class VerdictPublisher:
             request,
             verdict=outcome.verdict,
             decided_by="model",
-            labels=analysis.result.labels,
-            model_version=analysis.result.model_version,
+            labels=analysis.labels,
+            model_version=analysis.model_version,
             reasons=outcome.reasons,
             source=source,
             received_at=received_at,
             review=outcome.review,
+            analyzed=analysis.image.describe(),
         )
         out_headers = output_headers(
             headers, verdict=outcome.verdict, decided_by="model", id=request.id

@@ -190,7 +190,10 @@ class TestBackendContract:
     async def test_non_image_bytes_are_an_invalid_image_format(self, arm: Arm, kind: str) -> None:
         with pytest.raises(InputError) as caught:
             await arm.backend.moderate(NOT_IMAGES[kind], 50.0)
-        assert caught.value.reason is Reason.INVALID_IMAGE_FORMAT
+        # The local backend decodes GIFs itself (issue 14): this header-only one is cut short.
+        truncated = arm.name == "local" and kind == "gif"
+        expected = Reason.TRUNCATED_IMAGE if truncated else Reason.INVALID_IMAGE_FORMAT
+        assert caught.value.reason is expected
 
     async def test_empty_bytes_are_an_invalid_parameter(self, arm: Arm) -> None:
         with pytest.raises(InputError) as caught:

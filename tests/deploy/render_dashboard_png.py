@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from moto.server import ThreadedMotoServer
 
-from service.kafka.embedded import EmbeddedBroker
+from service.kafka.embedded import EmbeddedBroker, free_port
 from tests.deploy.observability import (
     ALERTS,
     REPO,
@@ -96,14 +97,20 @@ async def traffic(bootstrap: str, topic: str, fake: FakeRekognition, duration_s:
 
 
 async def collect_panels(duration_s: float, workdir: Path) -> tuple[dict, dict, float, float]:
-    fake = FakeRekognition(tps_quota=20, latency_s=0.15, jitter_s=0.05)
-    fake.set_object("uploads", "clean.jpg", labels=[])
-    fake.set_object("uploads", "explicit.jpg", labels=[EXPLICIT, EXPLICIT_NUDITY])
-    fake.set_object("uploads", "swimwear.png", labels=[BORDERLINE])
+    # S3 objects live in moto: the service reads them (S3_ENDPOINT_URL) before passing
+    # references to the fake, which reads them too.
+    moto_port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
+    moto.start()
+    s3_endpoint = f"http://127.0.0.1:{moto_port}"
+    fake = FakeRekognition(tps_quota=20, latency_s=0.15, jitter_s=0.05, s3_endpoint_url=s3_endpoint)
     broker = EmbeddedBroker()
     await broker.start()
     await fake.start()
     try:
+        await fake.put_object("uploads", "clean.jpg", labels=[])
+        await fake.put_object("uploads", "explicit.jpg", labels=[EXPLICIT, EXPLICIT_NUDITY])
+        await fake.put_object("uploads", "swimwear.png", labels=[BORDERLINE])
         topics = Topics.unique("dash")
         await create_topics(
             broker.bootstrap_servers, [topics.input, *topics.outputs.values()], partitions=4
@@ -143,6 +150,7 @@ async def collect_panels(duration_s: float, workdir: Path) -> tuple[dict, dict, 
     finally:
         await fake.stop()
         await broker.stop()
+        moto.stop()
 
 
 def legend(template: str, metric: dict[str, str]) -> str:

@@ -205,10 +205,10 @@ def traffic() -> list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
     return [(None, value, []) for value in records]
 
 
-def script_fake(fake: FakeRekognition) -> None:
-    fake.set_object("uploads", "clean.jpg", labels=[])
-    fake.set_object("uploads", "explicit.jpg", labels=[EXPLICIT, EXPLICIT_NUDITY])
-    fake.set_object("uploads", "swimwear.png", labels=[BORDERLINE])
+async def script_fake(fake: FakeRekognition) -> None:
+    await fake.put_object("uploads", "clean.jpg", labels=[])
+    await fake.put_object("uploads", "explicit.jpg", labels=[EXPLICIT, EXPLICIT_NUDITY])
+    await fake.put_object("uploads", "swimwear.png", labels=[BORDERLINE])
     fake.set_quota(15, burst=1)  # far below the service's 50 TPS: throttling is certain
     fake.set_latency(0.02, 0.01)
     fake.inject_errors("InternalServerError", count=2)  # outcome="error", then retried
@@ -225,7 +225,7 @@ async def test_every_panel_query_and_alert_evaluates_against_real_prometheus(
             "the prometheus binary is not installed (Debian package prometheus; CI installs it "
             "with scripts/install-system-deps)"
         )
-    script_fake(fake_rekognition)
+    await script_fake(fake_rekognition)
     await create_topics(kafka_bootstrap, [topics.input, *topics.outputs.values()], PARTITIONS)
     records = traffic()
     settings = make_settings(kafka_bootstrap, topics, fake_rekognition, MODERATION_TPS="50")

@@ -7,6 +7,16 @@ either in-process (methods) or from another process (the ``/_fake/*`` control AP
 against the same wire format AWS uses: ``POST /`` with ``X-Amz-Target``, JSON 1.1 bodies, blobs as
 base64, and errors as ``{"__type": Code, "Message": ...}`` plus an ``x-amzn-ErrorType`` header.
 
+Rekognition's input rules are applied as AWS applies them: ``Bytes`` must be JPEG or PNG, at most
+5 MiB, each side 80..10,000 px (InvalidImageFormatException, ImageTooLargeException); an
+``S3Object`` is read from the fake's S3 endpoint (moto, when given), at most 15 MB, under the same
+format and side rules (InvalidS3ObjectException when it cannot be read). What each call carried is
+recorded (``stats.received``: source, format, size, sides) for assertions.
+
+Labels, in order: scripted for an S3 object (``set_object``) or exact bytes (``set_image``); a
+``FAKE-LABELS:`` marker in the bytes; scripted for the image's colour (``set_colour``: the centre
+pixel, so images converted by the service, and each frame of an animation, can be scripted too).
+
 Standalone: ``python -m tests.fakes.rekognition --port 4566 --tps 50 --latency 0.15 --jitter 0.02``
 prints its endpoint URL on the first line of stdout and runs until SIGINT/SIGTERM.
 """
@@ -17,7 +27,10 @@ import argparse
 import asyncio
 import base64
 import binascii
+import contextlib
+import functools
 import hashlib
+import io
 import random
 import re
 import signal
@@ -26,16 +39,22 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self, TypedDict
+from typing import Any, Literal, Self, TypedDict
 
+import aioboto3
 import orjson
 from aiohttp import web
+from botocore.exceptions import ClientError
+from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin
 
 TARGET_PREFIX = "RekognitionService."
 DETECT_MODERATION_LABELS = TARGET_PREFIX + "DetectModerationLabels"
 CONTENT_TYPE = "application/x-amz-json-1.1"
 MODEL_VERSION = "7.0"
 MAX_IMAGE_BYTES = 5 * 1024 * 1024  # ImageBlob "max" in the service model; S3 images may be larger
+MAX_S3_IMAGE_BYTES = 15 * 1000 * 1000  # Rekognition's 15 MB for S3 objects
+MIN_SIDE, MAX_SIDE = 80, 10_000
+COLOUR_TOLERANCE = 40  # per channel: a lossy re-encode of a solid colour stays within it
 DEFAULT_MIN_CONFIDENCE = 50.0
 HUMAN_LOOP_CONFIDENCE_BELOW = 80.0
 HUMAN_LOOP_QUOTA_EXCEEDED = "HumanLoopQuotaExceededException"
@@ -107,6 +126,18 @@ class _Injection:
     rate: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One image a call carried, as the fake saw it (``format`` None: neither JPEG nor PNG)."""
+
+    source: Literal["bytes", "s3"]
+    format: Literal["jpeg", "png"] | None
+    size: int
+    width: int | None = None
+    height: int | None = None
+    key: str | None = None  # the S3 object's key
+
+
 @dataclass
 class FakeStats:
     """What the fake observed; tests assert on it and benchmarks read rates from ``accepted_at``.
@@ -124,6 +155,7 @@ class FakeStats:
     max_concurrency: int = 0
     current_concurrency: int = 0
     accepted_at: list[float] = field(default_factory=list)
+    received: list[Received] = field(default_factory=list)
 
     def sustained_rate(self, window_s: float | None = None) -> float:
         """Accepted calls per second: over the first-to-last span, or over the last ``window_s``."""
@@ -231,6 +263,52 @@ def _decode_image_bytes(encoded: object) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
+def _opened(data: bytes, fmt: Literal["jpeg", "png"]) -> ImageFile.ImageFile:
+    """The format's own plugin, not ``Image.open``: Pillow's decompression-bomb check would warn
+    on a 10,000 x 10,000 image (over its 89 MP limit), which Rekognition takes, and a warning is
+    an error under pytest's ``filterwarnings = error``: the handler would answer a bare 500."""
+    plugin = PngImagePlugin.PngImageFile if fmt == "png" else JpegImagePlugin.JpegImageFile
+    return plugin(io.BytesIO(data))
+
+
+def _inspect(data: bytes) -> tuple[Literal["jpeg", "png"] | None, tuple[int, int] | None]:
+    """The format by its magic (only JPEG and PNG count) and the sides by the decoder's header."""
+    fmt: Literal["jpeg", "png"] | None = None
+    if data.startswith(PNG_MAGIC):
+        fmt = "png"
+    elif data.startswith(JPEG_MAGIC):
+        fmt = "jpeg"
+    if fmt is None:
+        return None, None
+    try:
+        with _opened(data, fmt) as image:
+            return fmt, image.size
+    except (OSError, ValueError, SyntaxError):
+        return fmt, None
+
+
+def _centre_colour(data: bytes) -> tuple[int, int, int] | None:
+    """The centre pixel of a decodable image (JPEGs decoded at a reduced scale)."""
+    fmt: Literal["jpeg", "png"] = "png" if data.startswith(PNG_MAGIC) else "jpeg"
+    try:
+        with _opened(data, fmt) as image:
+            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+            rgb = image.convert("RGB")
+            pixel = rgb.getpixel((rgb.width // 2, rgb.height // 2))
+    except (OSError, ValueError, SyntaxError):
+        return None
+    assert isinstance(pixel, tuple)
+    return (int(pixel[0]), int(pixel[1]), int(pixel[2]))
+
+
+@functools.cache
+def _default_jpeg() -> bytes:
+    """A small real JPEG within Rekognition's limits (an object's default contents)."""
+    out = io.BytesIO()
+    Image.new("RGB", (96, 96), (90, 110, 130)).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
 def _error_response(fault: _Fault) -> web.Response:
     """The AWS JSON-protocol error form botocore parses into ClientError's Error.Code/Message."""
     body: dict[str, object] = {"__type": fault.code, "Message": fault.message, **fault.extra}
@@ -303,8 +381,18 @@ class FakeRekognition:
         latency_s: float = 0.0,
         jitter_s: float = 0.0,
         seed: int = 0,
+        s3_endpoint_url: str | None = None,
+        s3_region: str = "us-east-1",
     ) -> None:
+        """``s3_endpoint_url``: where S3Object images are read (moto in tests); without it, S3
+        objects exist only as scripted by ``set_object``."""
         self.host = host
+        self.s3_endpoint_url = s3_endpoint_url
+        self._s3_region = s3_region
+        self._s3: Any = None
+        self._s3_stack = contextlib.AsyncExitStack()
+        self._buckets: set[str] = set()
+        self._colours: dict[tuple[int, int, int], _Scripted] = {}
         self._requested_port = port
         self._seed = seed
         self._defaults = (tps_quota, burst, latency_s, jitter_s)
@@ -328,6 +416,12 @@ class FakeRekognition:
         """Bind and serve; with ``port=0`` the OS picks a free port (see ``endpoint_url``)."""
         if self._runner is not None:
             raise RuntimeError("FakeRekognition already started")
+        if self.s3_endpoint_url is not None:
+            self._s3 = await self._s3_stack.enter_async_context(
+                aioboto3.Session().client(
+                    "s3", region_name=self._s3_region, endpoint_url=self.s3_endpoint_url
+                )
+            )
         app = web.Application(client_max_size=_CLIENT_MAX_SIZE)
         app.router.add_post("/", self._handle_api)
         app.router.add_post("/_fake/objects", self._control(self._ctl_objects))
@@ -355,6 +449,8 @@ class FakeRekognition:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+        self._s3 = None
+        await self._s3_stack.aclose()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -394,6 +490,36 @@ class FakeRekognition:
         if not isinstance(bucket, str) or not bucket or not isinstance(name, str) or not name:
             raise ValueError("bucket and name must be non-empty strings")
         self._objects[(bucket, name)] = _scripted(labels, error)
+
+    async def put_object(
+        self,
+        bucket: str,
+        name: str,
+        data: bytes | None = None,
+        labels: Sequence[Mapping[str, Any]] | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Store ``data`` (default: a small real JPEG) in the fake's S3 (creating the bucket)
+        and script its answer when ``labels`` or ``error`` is given; needs
+        ``s3_endpoint_url``."""
+        if self._s3 is None:
+            raise RuntimeError("FakeRekognition has no S3 endpoint (s3_endpoint_url)")
+        if bucket not in self._buckets:
+            with contextlib.suppress(ClientError):  # another test may have made it
+                await self._s3.create_bucket(Bucket=bucket)
+            self._buckets.add(bucket)
+        await self._s3.put_object(Bucket=bucket, Key=name, Body=data or _default_jpeg())
+        if labels is not None or error is not None:
+            self.set_object(bucket, name, labels, error)
+        else:  # the object's contents decide (a FAKE-LABELS marker, its colour)
+            self._objects.pop((bucket, name), None)
+
+    def set_colour(
+        self, colour: tuple[int, int, int], labels: Sequence[Mapping[str, Any]] | None = None
+    ) -> None:
+        """Script the answer for images whose centre pixel is ``colour`` (within a lossy
+        codec's error): what the service converts, frame by frame, keeps its colour."""
+        self._colours[colour] = _scripted(labels, None)
 
     def set_image(
         self,
@@ -446,6 +572,7 @@ class FakeRekognition:
         tps, burst, latency_s, jitter_s = self._defaults
         self._objects.clear()
         self._images.clear()
+        self._colours.clear()
         self._injection = None
         self._jitter_rng = random.Random(self._seed)
         self._error_rng = random.Random(self._seed + 1)
@@ -544,10 +671,18 @@ class FakeRekognition:
             s3 = image["S3Object"]
             if not isinstance(s3, dict) or not s3.get("Bucket") or not s3.get("Name"):
                 raise _Fault("InvalidParameterException", "S3Object needs Bucket and Name")
-            found = self._objects.get((str(s3["Bucket"]), str(s3["Name"])))
-            if found is None:
-                raise _Fault("InvalidS3ObjectException")
-            return found
+            bucket, key = str(s3["Bucket"]), str(s3["Name"])
+            found = self._objects.get((bucket, key))
+            if self._s3 is None:
+                if found is None:
+                    raise _Fault("InvalidS3ObjectException")
+                self.stats.received.append(Received("s3", None, 0, key=key))
+                return found
+            data = await self._read_s3(bucket, key, s3.get("Version"))
+            await self._check(data, "s3", key)
+            if found is not None:
+                return found
+            return await self._by_content(data, hashlib.sha256(data).hexdigest())
 
         if large:
             data, digest = await asyncio.to_thread(_decode_image_bytes, image["Bytes"])
@@ -556,13 +691,56 @@ class FakeRekognition:
         if not data:
             raise _Fault("InvalidParameterException", "Image.Bytes must not be empty")
         if len(data) > MAX_IMAGE_BYTES:
+            self.stats.received.append(Received("bytes", None, len(data)))
             raise _Fault("ImageTooLargeException")
-        if not (data.startswith(PNG_MAGIC) or data.startswith(JPEG_MAGIC)):
+        await self._check(data, "bytes", None)
+        return await self._by_content(data, digest)
+
+    async def _read_s3(self, bucket: str, key: str, version: object) -> bytes:
+        """The object from the fake's S3, as Rekognition reads it (at most 15 MB)."""
+        request: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if isinstance(version, str) and version:
+            request["VersionId"] = version
+        try:
+            response = await self._s3.get_object(**request)
+            async with response["Body"] as body:
+                if int(response.get("ContentLength") or 0) > MAX_S3_IMAGE_BYTES:
+                    self.stats.received.append(
+                        Received("s3", None, int(response["ContentLength"]), key=key)
+                    )
+                    raise _Fault("ImageTooLargeException")
+                data: bytes = await body.read()
+        except ClientError as exc:
+            raise _Fault("InvalidS3ObjectException") from exc
+        return data
+
+    async def _check(self, data: bytes, source: Literal["bytes", "s3"], key: str | None) -> None:
+        """Rekognition's rules for the image itself: JPEG or PNG, each side 80..10,000 px."""
+        fmt, size = await asyncio.to_thread(_inspect, data)
+        width, height = size if size is not None else (None, None)
+        self.stats.received.append(Received(source, fmt, len(data), width, height, key))
+        if fmt is None or size is None:
             raise _Fault("InvalidImageFormatException")
+        if min(size) < MIN_SIDE or max(size) > MAX_SIDE:
+            raise _Fault("InvalidImageFormatException")
+
+    async def _by_content(self, data: bytes, digest: str) -> _Scripted:
         found = self._images.get(digest)
         if found is not None:
             return found
-        return _Scripted(_labels_from_marker(data) or (), None)
+        marked = _labels_from_marker(data)
+        if marked is not None:
+            return _Scripted(marked, None)
+        if self._colours:
+            colour = await asyncio.to_thread(_centre_colour, data)
+            if colour is not None:
+                for scripted, answer in self._colours.items():
+                    if all(
+                        abs(a - b) <= COLOUR_TOLERANCE
+                        for a, b in zip(colour, scripted, strict=True)
+                    ):
+                        return answer
+        return _Scripted((), None)
 
     async def _sleep_latency(self) -> None:
         delay = self._latency_s

@@ -36,8 +36,8 @@ from tests.images import (
     b64,
     cut,
     label,
-    pixel_flood_png,
     png,
+    png_image,
     short_stream_png,
     solid_png,
     zlib_bomb_png,
@@ -108,8 +108,8 @@ PIPELINE_FIXED: dict[str, int] = {
     "poison_3mib": 3,  # 3 MiB of 0x01: escaped, ~19 MB of JSON (the record that once wedged)
     "image_too_large": 1,  # 5 MiB + 1 decoded, ~7 MB of base64
     "record_too_large": 1,  # over MODERATION_MAX_INPUT_BYTES (8 MiB)
-    "bomb_zlib": 2,  # 10,000 x 10,000 RGBA, ~400 KB compressed
-    "bomb_pixel_flood": 20,  # the 99-byte 10,000 x 10,000 16-bit PNG
+    "bomb_zlib": 2,  # 12,000 x 10,000 RGBA, ~480 KB compressed
+    "bomb_pixel_flood": 20,  # a ~100-byte 12,000 x 10,000 16-bit PNG
     "bomb_short_stream": 20,  # zlib stream ends after one row
     "bomb_cut": 20,  # a real PNG cut in half
     "large_headers": 12,  # one header value of 64-256 KiB
@@ -131,6 +131,7 @@ PIPELINE_WEIGHTS: dict[str, int] = {
     "invalid_field": 8,
     "invalid_base64": 4,
     "not_an_image": 4,
+    "broken_image": 4,
     "forbidden_url": 5,
     "invalid_url": 4,
     "url_http_error": 2,
@@ -162,24 +163,29 @@ LOCAL_WEIGHTS: dict[str, int] = {
     "undecodable_header": 1,
     "huge_key": 1,
 }
-#: What each bomb ends as, per backend. Rekognition decodes images itself (the service never
-#: does on that path; the fake answers with no labels); the local backend must refuse them from
-#: their headers and streams, before any pixel is allocated.
+#: What each bomb ends as, per backend. Over MODERATION_MAX_IMAGE_PIXELS (100 MP by default) is
+#: refused from the header, before decoding, for both; so is a file cut short. A PNG within the
+#: pixel bound and Rekognition's limits passes to Rekognition untouched (it decodes it itself; the
+#: fake answers with no labels); the local backend must refuse the rest from their streams,
+#: before any pixel is allocated.
 _BOMB_OUTCOMES: dict[str, dict[str, str]] = {
     "rekognition": {
-        "bomb_zlib": APPROVED,
-        "bomb_pixel_flood": APPROVED,
+        "bomb_zlib": dlq("image_too_many_pixels"),
+        "bomb_pixel_flood": dlq("image_too_many_pixels"),
         "bomb_short_stream": APPROVED,
-        "bomb_cut": APPROVED,
+        "bomb_cut": dlq("truncated_image"),
     },
     "local": {
-        "bomb_zlib": dlq("image_too_many_pixels"),  # 100 MP, over the 40 MP default
+        "bomb_zlib": dlq("image_too_many_pixels"),
         "bomb_pixel_flood": dlq("image_too_many_pixels"),
         "bomb_short_stream": dlq("truncated_image"),  # at most 16 MP: under the limit
         "bomb_cut": dlq("truncated_image"),
     },
 }
 ANY_VERDICT = frozenset({APPROVED, REJECTED, REVIEW})
+BROKEN_IMAGE = frozenset(
+    dlq(reason) for reason in ("invalid_image_format", "truncated_image", "not_an_image")
+)
 
 _VERDICT_IMAGES: tuple[tuple[tuple[dict[str, object], ...], str], ...] = (
     ((), APPROVED),
@@ -191,9 +197,19 @@ _VERDICT_IMAGES: tuple[tuple[tuple[dict[str, object], ...], str], ...] = (
 )
 
 
+#: Bombs just over the default pixel bound (100 MP): 12,000 x 10,000.
+BOMB_SIZE = (12_000, 10_000)
+
+
 @cache
 def _zlib_bomb() -> bytes:
-    return zlib_bomb_png()
+    return zlib_bomb_png(*BOMB_SIZE)
+
+
+@cache
+def _pixel_flood() -> bytes:
+    """Issue 11's pixel flood (16-bit grey, one row of data), at the bomb size."""
+    return png_image(*BOMB_SIZE, bit_depth=16, colour_type=0, rows=1)
 
 
 class _PipelineGen:
@@ -313,8 +329,6 @@ class _PipelineGen:
     def valid_s3(self) -> _Base:
         key, outcome = self.rng.choice(self._s3_keys)
         s3: dict[str, object] = {"bucket": S3_BUCKET, "key": key}
-        if self.rng.random() < 0.3:
-            s3["version"] = self.text(1, 20)
         return "valid_s3", self.request(self.next_id("s3"), {"s3": s3}), _one(outcome)
 
     def valid_url(self) -> _Base:
@@ -445,16 +459,28 @@ class _PipelineGen:
         data = self.rng.choice(
             [
                 b"",
-                b"GIF89a" + self.rng.randbytes(30),
-                b"BM" + self.rng.randbytes(60),
-                b"RIFF\x00\x00\x00\x00WEBPVP8 " + self.rng.randbytes(30),
                 b"%PDF-1.7\n",
                 b"\x89PNX\r\n\x1a\n" + self.rng.randbytes(20),
                 b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+                b"\x00\x00\x00\x18ftypmp42" + self.rng.randbytes(30),  # ISO-BMFF, not HEIF/AVIF
             ]
         )
         value = self.request(self.next_id("nai"), {"bytes": b64(data)})
         return "not_an_image", value, _one(dlq("not_an_image"))
+
+    def broken_image(self) -> _Base:
+        """The magic of a supported format, then noise: the decoder's typed refusal (a BMP whose
+        header size is not one of BMP's is not recognised as one at all)."""
+        data = self.rng.choice(
+            [
+                b"GIF89a" + self.rng.randbytes(30),
+                b"BM" + self.rng.randbytes(60),
+                b"RIFF\x00\x00\x00\x00WEBPVP8 " + self.rng.randbytes(30),
+                b"II*\x00" + self.rng.randbytes(40),
+            ]
+        )
+        value = self.request(self.next_id("broken"), {"bytes": b64(data)})
+        return "broken_image", value, BROKEN_IMAGE
 
     def forbidden_url(self) -> _Base:
         url = self.rng.choice(
@@ -513,7 +539,13 @@ class _PipelineGen:
         return "redirect_to_forbidden", value, _one(dlq("forbidden_url"))
 
     def invalid_s3_object(self) -> _Base:
-        s3 = {"bucket": S3_BUCKET, "key": f"gone/{self.rng.randint(0, 10**6)}.jpg"}
+        s3: dict[str, object] = {
+            "bucket": S3_BUCKET,
+            "key": f"gone/{self.rng.randint(0, 10**6)}.jpg",
+        }
+        if self.rng.random() < 0.3:  # an object that exists, at a version that does not
+            s3 = {"bucket": S3_BUCKET, "key": self.rng.choice(self._s3_keys)[0]}
+            s3["version"] = self.text(1, 20)
         value = self.request(self.next_id("gone"), {"s3": s3})
         return "invalid_s3_object", value, _one(dlq("invalid_s3_object"))
 
@@ -530,8 +562,10 @@ class _PipelineGen:
         )
 
     def image_too_large(self) -> FuzzRecord:
+        """Over Rekognition's 5 MiB for inline bytes: converted to a JPEG within it (the labels
+        marker does not survive), so approved, not dead-lettered."""
         value = self.request(self.next_id("big"), {"bytes": b64(png(salt="x" * (5 * MIB)))})
-        return self.record("image_too_large", value, dlq("image_too_large"), headers=())
+        return self.record("image_too_large", value, APPROVED, headers=())
 
     def record_too_large(self) -> FuzzRecord:
         body = {"id": self.next_id("huge"), "image": {"bytes": b64(png())}}
@@ -542,7 +576,7 @@ class _PipelineGen:
         """An image bomb from tests/images.py; where it ends depends on the backend."""
         builders: dict[str, Callable[[], bytes]] = {
             "bomb_zlib": _zlib_bomb,
-            "bomb_pixel_flood": pixel_flood_png,
+            "bomb_pixel_flood": _pixel_flood,
             "bomb_short_stream": lambda: short_stream_png(
                 self.rng.randint(100, 4000), self.rng.randint(100, 4000)
             ),

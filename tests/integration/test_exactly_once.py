@@ -154,8 +154,8 @@ def requests_of_every_kind(count: int) -> dict[str, tuple[bytes, str]]:
 async def check_one_outcome_per_request(
     bootstrap: str, topics: Topics, fake: FakeRekognition
 ) -> None:
-    fake.set_object("bucket", "clean.jpg", labels=[])
-    fake.set_object("bucket", "explicit.jpg", labels=[EXPLICIT])
+    await fake.put_object("bucket", "clean.jpg", labels=[])
+    await fake.put_object("bucket", "explicit.jpg", labels=[EXPLICIT])
     await create(bootstrap, topics)
     messages = requests_of_every_kind(25)
     # A verdict over the outputs' 1 MiB limit (attributes are echoed back): the broker refuses it
@@ -297,7 +297,7 @@ async def test_a_partition_fenced_between_records_is_reclaimed_while_still_assig
     """A fence with nothing left to commit: the group still assigns the partitions here, so
     after a session timeout they are reclaimed and work goes on (before, the reclaim ran only
     with something to commit, and a fenced partition stayed paused for good)."""
-    fake_rekognition.set_object("bucket", "clean.jpg", labels=[])
+    await fake_rekognition.put_object("bucket", "clean.jpg", labels=[])
     await create(noida_bootstrap, topics)
     settings = eos(noida_bootstrap, topics, fake_rekognition)
     image = {"s3": {"bucket": "bucket", "key": "clean.jpg"}}
@@ -330,8 +330,8 @@ async def test_a_rebalance_hands_partitions_over_without_duplicates(
     """A second replica joins mid-run: the first gives partitions up (its held outputs dropped,
     its producers closed), the second fences their ids and goes on from the committed offsets."""
     fake_rekognition.set_latency(0.02, 0.01)
-    fake_rekognition.set_object("bucket", "clean.jpg", labels=[])
-    fake_rekognition.set_object("bucket", "explicit.jpg", labels=[EXPLICIT])
+    await fake_rekognition.put_object("bucket", "clean.jpg", labels=[])
+    await fake_rekognition.put_object("bucket", "explicit.jpg", labels=[EXPLICIT])
     await create(noida_bootstrap, topics)
     messages = requests_of_every_kind(40)
     keys = list(messages)
@@ -416,8 +416,8 @@ async def kill_restart_run(
 ) -> tuple[int, int, int]:
     """(messages, duplicates, lost) a read_committed reader sees after KILLS SIGKILLs."""
     fake.set_latency(0.05, 0.02)
-    fake.set_object("bucket", "clean.jpg", labels=[])
-    fake.set_object("bucket", "explicit.jpg", labels=[EXPLICIT])
+    await fake.put_object("bucket", "clean.jpg", labels=[])
+    await fake.put_object("bucket", "explicit.jpg", labels=[EXPLICIT])
     await create(bootstrap, topics)
     messages = requests_of_every_kind(60)
     await produce(bootstrap, topics.input, [(k.encode(), v, []) for k, (v, _) in messages.items()])
@@ -427,6 +427,7 @@ async def kill_restart_run(
             "KAFKA_ENABLE_IDEMPOTENCE": "true",
             "KAFKA_GROUP_INSTANCE_ID": "pipeline-0",  # noida never expires a killed member
             "REKOGNITION_ENDPOINT_URL": fake.endpoint_url,
+            "AWS_ENDPOINT_URL_S3": fake.s3_endpoint_url or "",  # the SDK's own variable
             "MODERATION_PROCESSING_GUARANTEE": guarantee,
             "MODERATION_TPS": "60",
             "MODERATION_MAX_IN_FLIGHT": "16",

@@ -45,6 +45,9 @@ def make_settings(
     env: dict[str, str] = {
         **local_settings(bootstrap, topics),
         "REKOGNITION_ENDPOINT_URL": fake.endpoint_url,
+        # The service reads S3 where the fake reads it (moto): our variable in-process (the
+        # SDK's own AWS_ENDPOINT_URL_S3 is process-wide; the process tests set that one).
+        "S3_ENDPOINT_URL": fake.s3_endpoint_url or "",
         "MODERATION_TPS": "200",
         "MODERATION_MAX_IN_FLIGHT": "32",
         "MODERATION_FETCH_ALLOWED_NETWORKS": "127.0.0.1/32",
@@ -117,9 +120,9 @@ async def check_every_kind_of_input(
     kafka_bootstrap: str, topics: Topics, fake_rekognition: FakeRekognition, **overrides: str
 ) -> None:
     """Shared with the Apache Kafka run (tests/integration/test_apache_kafka.py)."""
-    fake_rekognition.set_object("bucket", "clean.jpg", labels=[])
-    fake_rekognition.set_object("bucket", "explicit.jpg", labels=[EXPLICIT, EXPLICIT_NUDITY])
-    fake_rekognition.set_object("bucket", "swimwear.png", labels=[BORDERLINE])
+    await fake_rekognition.put_object("bucket", "clean.jpg", labels=[])
+    await fake_rekognition.put_object("bucket", "explicit.jpg", labels=[EXPLICIT, EXPLICIT_NUDITY])
+    await fake_rekognition.put_object("bucket", "swimwear.png", labels=[BORDERLINE])
     await create_topics(kafka_bootstrap, [topics.input, *topics.outputs.values()], PARTITIONS)
     async with image_server({"/ok.png": png(MILD), "/page.html": b"<html></html>"}) as origin:
         cases: dict[str, tuple[bytes, str, str | None]] = {
@@ -295,8 +298,8 @@ async def test_backend_outage_waits_instead_of_dead_lettering(
 async def test_image_the_backend_always_fails_on_is_dead_lettered_while_others_pass(
     kafka_bootstrap: str, topics: Topics, fake_rekognition: FakeRekognition
 ) -> None:
-    fake_rekognition.set_object("bucket", "poison.png", error="InternalServerError")
-    fake_rekognition.set_object("bucket", "fine.png", labels=[])
+    await fake_rekognition.put_object("bucket", "poison.png", error="InternalServerError")
+    await fake_rekognition.put_object("bucket", "fine.png", labels=[])
     await create_topics(kafka_bootstrap, [topics.input, *topics.outputs.values()], PARTITIONS)
     poison = request("poison", {"s3": {"bucket": "bucket", "key": "poison.png"}})
     fine = [request(f"fine{i}", {"s3": {"bucket": "bucket", "key": "fine.png"}}) for i in range(20)]
@@ -324,7 +327,7 @@ ALWAYS_REVIEW_FLOW = "arn:aws:sagemaker:us-east-1:000000000000:flow-definition/a
 async def test_managed_a2i_starts_one_loop_per_request_and_routes_to_review(
     kafka_bootstrap: str, topics: Topics, fake_rekognition: FakeRekognition
 ) -> None:
-    fake_rekognition.set_object("bucket", "beach.jpg", labels=[BORDERLINE])
+    await fake_rekognition.put_object("bucket", "beach.jpg", labels=[BORDERLINE])
     await create_topics(kafka_bootstrap, [topics.input, *topics.outputs.values()], PARTITIONS)
     same = request("r1", {"s3": {"bucket": "bucket", "key": "beach.jpg"}}, attributes={"a": 1})
     # r1 twice (a redelivery), then r2: the redelivery must ask for the same loop.
@@ -361,7 +364,7 @@ async def test_managed_a2i_starts_one_loop_per_request_and_routes_to_review(
 async def test_human_loop_quota_exceeded_holds_or_falls_back_to_local_policy(
     kafka_bootstrap: str, topics: Topics, fake_rekognition: FakeRekognition, fallback: str
 ) -> None:
-    fake_rekognition.set_object("bucket", "beach.jpg", labels=[BORDERLINE])
+    await fake_rekognition.put_object("bucket", "beach.jpg", labels=[BORDERLINE])
     fake_rekognition.inject_errors("HumanLoopQuotaExceededException", count=2)
     await create_topics(kafka_bootstrap, [topics.input, *topics.outputs.values()], PARTITIONS)
     await produce(
@@ -439,7 +442,7 @@ async def test_rebalances_lose_nothing_and_commit_only_finished_work(
     """A second replica joins mid-run and the first leaves mid-run: two rebalances with work in
     flight. Every request still ends in its topic and every offset is committed."""
     fake_rekognition.set_latency(0.05, 0.02)
-    fake_rekognition.set_object("bucket", "ok.jpg", labels=[])
+    await fake_rekognition.put_object("bucket", "ok.jpg", labels=[])
     count = 300
     await create_topics(kafka_bootstrap, [topics.input, *topics.outputs.values()], 4)
     await produce(

@@ -56,6 +56,7 @@ def service_env(bootstrap: str, topics: Topics, fake: FakeRekognition) -> dict[s
         local_settings(bootstrap, topics)
         | {
             "REKOGNITION_ENDPOINT_URL": fake.endpoint_url,
+            "AWS_ENDPOINT_URL_S3": fake.s3_endpoint_url or "",  # the SDK's own variable
             "MODERATION_TPS": "100",
             "MODERATION_MAX_IN_FLIGHT": "24",
             "MODERATION_FETCH_ALLOWED_NETWORKS": "127.0.0.1/32",
@@ -92,8 +93,8 @@ async def test_sigkill_mid_run_loses_nothing(
     kafka_bootstrap: str, topics: Topics, fake_rekognition: FakeRekognition, tmp_path: Path
 ) -> None:
     fake_rekognition.set_latency(0.05, 0.02)
-    fake_rekognition.set_object("bucket", "clean.jpg", labels=[])
-    fake_rekognition.set_object("bucket", "explicit.jpg", labels=[EXPLICIT])
+    await fake_rekognition.put_object("bucket", "clean.jpg", labels=[])
+    await fake_rekognition.put_object("bucket", "explicit.jpg", labels=[EXPLICIT])
     await create_topics(kafka_bootstrap, [topics.input, *topics.outputs.values()], PARTITIONS)
     log = tmp_path / "service.log"
     routes = {f"/img{i}.png": png(EXPLICIT, salt=f"u{i}") for i in range(5)}

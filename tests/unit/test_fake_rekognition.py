@@ -24,12 +24,28 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.fakes.rekognition import FakeRekognition, FakeStats
+from tests import image_files
+from tests.fakes.rekognition import FakeRekognition, FakeStats, Received
+from tests.images import solid_png, zlib_bomb_png
 
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"\x00" * 17
-JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"
+PNG = solid_png(96, 96)  # real images within Rekognition's limits: the fake checks them
+JPEG = image_files.jpeg(96, 96)
 BUCKET = "images-bucket"  # botocore checks S3Bucket's min length (3) before sending
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def fake_rekognition() -> AsyncIterator[FakeRekognition]:
+    """Without an S3 endpoint: S3 objects exist as scripted (``set_object``) only."""
+    async with FakeRekognition() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def s3_fake(moto_s3: str) -> AsyncIterator[FakeRekognition]:
+    """Reading S3Object images from moto, as the service's tests use it."""
+    async with FakeRekognition(s3_endpoint_url=moto_s3) as fake:
+        yield fake
 
 
 def lbl(name: str, confidence: float, parent: str = "", level: int = 1) -> dict[str, Any]:
@@ -408,3 +424,88 @@ async def test_control_api_images(fake_rekognition: FakeRekognition) -> None:
     async with rekognition(fake_rekognition) as client:
         response = await client.detect_moderation_labels(Image={"Bytes": data})
     assert [x["Name"] for x in response["ModerationLabels"]] == ["Violence"]
+
+
+# -- Rekognition's input rules -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (image_files.tiny("PNG", 40), "InvalidImageFormatException"),  # under 80 px a side
+        (image_files.wide(12_000, 300), "InvalidImageFormatException"),  # over 10,000
+        (image_files.webp_lossy(), "InvalidImageFormatException"),  # neither JPEG nor PNG
+        (b"\x89PNG\r\n\x1a\n" + bytes(40), "InvalidImageFormatException"),  # PNG magic only
+    ],
+)
+async def test_bytes_rekognition_cannot_read_are_refused_as_aws_does(
+    fake_rekognition: FakeRekognition, data: bytes, code: str
+) -> None:
+    async with rekognition(fake_rekognition) as client:
+        assert await error_code(client.detect_moderation_labels(Image={"Bytes": data})) == code
+
+
+async def test_the_largest_image_rekognition_takes_is_answered_not_a_500(
+    fake_rekognition: FakeRekognition,
+) -> None:
+    # 10,000 x 10,000 (~400 KB): over Pillow's 89 MP bomb warning, which pytest makes an error.
+    bomb = zlib_bomb_png()
+    async with rekognition(fake_rekognition) as client:
+        got = await client.detect_moderation_labels(Image={"Bytes": bomb})
+    assert got["ModerationLabels"] == []
+    assert fake_rekognition.stats.received == [Received("bytes", "png", len(bomb), 10_000, 10_000)]
+
+
+async def test_what_each_call_carried_is_recorded(fake_rekognition: FakeRekognition) -> None:
+    async with rekognition(fake_rekognition) as client:
+        await client.detect_moderation_labels(Image={"Bytes": JPEG})
+        await error_code(client.detect_moderation_labels(Image={"Bytes": image_files.tiny()}))
+    assert fake_rekognition.stats.received == [
+        Received("bytes", "jpeg", len(JPEG), 96, 96),
+        Received("bytes", "png", len(image_files.tiny()), 40, 40),
+    ]
+
+
+async def test_s3_objects_are_read_from_s3_under_the_same_rules(s3_fake: FakeRekognition) -> None:
+    await s3_fake.put_object(BUCKET, "ok.jpg", labels=[lbl("Explicit", 97.0)])
+    await s3_fake.put_object(BUCKET, "marked.png", with_marker(lbl("Alcohol", 88.0)))
+    await s3_fake.put_object(BUCKET, "photo.webp", image_files.webp_lossy())
+    await s3_fake.put_object(BUCKET, "wide.jpg", image_files.wide(12_000, 300))
+    big = PNG + bytes(15 * 1000 * 1000 + 1 - len(PNG))
+    await s3_fake.put_object(BUCKET, "big.png", big)
+    s3_fake.set_object(BUCKET, "scripted-only.jpg", [lbl("Explicit", 97.0)])
+    async with rekognition(s3_fake) as client:
+
+        async def names(key: str) -> list[str]:
+            image = {"S3Object": {"Bucket": BUCKET, "Name": key}}
+            response = await client.detect_moderation_labels(Image=image)
+            return [x["Name"] for x in response["ModerationLabels"]]
+
+        async def code(key: str) -> str:
+            return await error_code(
+                client.detect_moderation_labels(Image={"S3Object": {"Bucket": BUCKET, "Name": key}})
+            )
+
+        assert await names("ok.jpg") == ["Explicit"]
+        assert await names("marked.png") == ["Alcohol"]
+        assert await code("photo.webp") == "InvalidImageFormatException"
+        assert await code("wide.jpg") == "InvalidImageFormatException"
+        assert await code("big.png") == "ImageTooLargeException"
+        assert await code("scripted-only.jpg") == "InvalidS3ObjectException"  # not in S3
+    received = {(r.key, r.format, r.width) for r in s3_fake.stats.received}
+    assert ("ok.jpg", "jpeg", 96) in received
+    assert ("photo.webp", None, None) in received
+
+
+async def test_labels_can_be_scripted_by_colour(fake_rekognition: FakeRekognition) -> None:
+    red, blue = image_files.frame_colour(0), image_files.frame_colour(2)
+    fake_rekognition.set_colour(red, [lbl("Explicit", 97.0)])
+    async with rekognition(fake_rekognition) as client:
+        hit = await client.detect_moderation_labels(
+            Image={"Bytes": image_files.jpeg(120, 100, colour=red)}
+        )
+        miss = await client.detect_moderation_labels(
+            Image={"Bytes": image_files.jpeg(120, 100, colour=blue)}
+        )
+    assert [x["Name"] for x in hit["ModerationLabels"]] == ["Explicit"]
+    assert miss["ModerationLabels"] == []

@@ -91,6 +91,23 @@ async def test_s3_reads_refuse_more_than_the_limit(s3_store: ObjectStore) -> Non
     assert caught.value.limit == 999
 
 
+@pytest.mark.parametrize(("size", "length"), [(1000, 100), (100, 1000), (1, 1), (0, 64)])
+async def test_s3_ranged_reads_give_the_start_and_the_whole_size(
+    s3_store: ObjectStore, size: int, length: int
+) -> None:
+    where = S3Location(BUCKET, unique_key())
+    body = bytes(range(256)) * 4
+    await s3_store.put(where, body[:size])
+    got = await s3_store.get_range(where, length)
+    assert got.data == body[: min(size, length)]
+    assert got.size == size
+
+
+async def test_a_ranged_read_of_a_missing_object_is_missing(s3_store: ObjectStore) -> None:
+    with pytest.raises(ObjectMissing):
+        await s3_store.get_range(S3Location(BUCKET, unique_key()), 10)
+
+
 @pytest.mark.parametrize(
     ("bucket_name", "key", "version"),
     [(BUCKET, "no/such/key", None), ("no-such-bucket-here", "k", None), (BUCKET, "k", "nope")],
@@ -341,3 +358,11 @@ def test_store_errors_are_not_retriable_and_carry_a_code() -> None:
     error = ObjectMissing("NoSuchKey", "s3://b/k")
     assert isinstance(error, ObjectStoreError) and not error.retriable
     assert error.code == "NoSuchKey" and str(error) == "NoSuchKey: s3://b/k"
+
+
+async def test_file_ranged_reads_give_the_start_and_the_whole_size(root: Path) -> None:
+    async with started(S3Options(region=REGION), root) as store:
+        where = FileLocation(root / "image.bin")
+        await store.put(where, b"0123456789")
+        got = await store.get_range(where, 4)
+    assert (got.data, got.size) == (b"0123", 10)

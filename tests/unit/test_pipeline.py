@@ -8,17 +8,20 @@ the budget are the real ones.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
-from collections.abc import Callable
+import io
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 import pytest
+from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from service.activation import parse_conditions
 from service.backends.base import BackendImage, HumanLoopRequest, ManagedReview, ModerationResult
-from service.capacity import ConcurrencyBudget
+from service.capacity import ConcurrencyBudget, InFlightBytes
 from service.errors import (
     BackendError,
     BackendUnavailable,
@@ -28,7 +31,7 @@ from service.errors import (
     RecordRefused,
     Throttled,
 )
-from service.imaging.spec import REKOGNITION_INPUT
+from service.imaging.spec import REKOGNITION_INPUT, BackendInput
 from service.messages import Headers, Label, S3Image, Source
 from service.metrics import PipelineMetrics
 from service.pipeline import InputRecord, Pipeline
@@ -36,6 +39,7 @@ from service.policy import RoutingPolicy, Thresholds
 from service.ratelimit import AdaptiveRateLimiter
 from service.retry import CircuitBreaker
 from service.settings import Settings
+from tests import image_files
 
 SETTINGS = Settings.from_env({"MODERATION_MAX_ATTEMPTS": "2"})
 TOPICS = SETTINGS.kafka
@@ -54,7 +58,7 @@ class Backend:
     def __init__(self, *answers: Answer, max_concurrency: int | None = None) -> None:
         self.answers = list(answers)
         self.max_concurrency = max_concurrency
-        self.input = REKOGNITION_INPUT
+        self.input: BackendInput = REKOGNITION_INPUT
         self.calls: list[BackendImage] = []
         self.reviews: list[HumanLoopRequest] = []
         self.inside = 0
@@ -96,13 +100,24 @@ class ReviewingBackend(Backend):
 
 
 class Fetcher:
-    def __init__(self, *answers: bytes | InputError) -> None:
+    """Answers each fetch with the next scripted body or error; like ImageFetcher, it reserves
+    a body's size (``declared``, else the body's own) before handing it over."""
+
+    def __init__(self, *answers: bytes | InputError, declared: int | None = None) -> None:
         self.answers = list(answers)
         self.urls: list[str] = []
+        self.declared = declared
+        self.on_reserved: Callable[[], None] = lambda: None
 
-    async def fetch(self, url: str) -> bytes:
+    async def fetch(
+        self, url: str, *, reserve: Callable[[int], Awaitable[None]] | None = None
+    ) -> bytes:
         self.urls.append(url)
         answer = self.answers.pop(0)
+        if reserve is not None:
+            size = len(answer) if isinstance(answer, bytes) else 0
+            await reserve(self.declared if self.declared is not None else size)
+            self.on_reserved()
         if isinstance(answer, InputError):
             raise answer
         return answer
@@ -149,6 +164,7 @@ def harness(
     sink: Sink | None = None,
     settings: Settings = SETTINGS,
     conditions: str | None = None,
+    in_flight: InFlightBytes | None = None,
 ) -> Harness:
     registry = CollectorRegistry()
     metrics = PipelineMetrics(registry)
@@ -167,6 +183,7 @@ def harness(
         budget=ConcurrencyBudget(limiter, ceiling=16),
         conditions=parse_conditions(conditions, source="test") if conditions else None,
         backend_name="test",
+        in_flight=in_flight,
     )
     return Harness(pipeline, sink, breaker, registry)
 
@@ -268,11 +285,29 @@ async def test_an_unreachable_url_is_retried_then_dead_lettered() -> None:
 
 
 async def test_a_url_image_is_fetched_and_analysed() -> None:
-    fetcher = Fetcher(InputError(Reason.UNREACHABLE_URL, "reset"), b"\x89PNG fetched")
+    fetched = image_files.png()
+    fetcher = Fetcher(InputError(Reason.UNREACHABLE_URL, "reset"), fetched)
     backend = Backend([MILD])
     h = harness(backend, fetcher=fetcher)
     assert await h.handle(request(image={"url": "http://example.com/a.png"})) == "approved"
-    assert backend.calls == [b"\x89PNG fetched"]
+    assert backend.calls == [fetched]  # within Rekognition's limits: passed through untouched
+
+
+async def test_a_url_body_is_held_from_before_it_is_read_until_the_message_is_done() -> None:
+    mib = 1024 * 1024
+    in_flight = InFlightBytes(64 * mib)
+    body = image_files.png(120, 90)
+    # No Content-Length: each attempt holds the download limit while the body arrives.
+    fetcher = Fetcher(InputError(Reason.UNREACHABLE_URL, "reset"), body, declared=50 * mib)
+    held: list[int] = []
+    fetcher.on_reserved = lambda: held.append(in_flight.total)
+    backend = Backend([MILD])
+    backend.on_call = lambda: held.append(in_flight.total)
+    h = harness(backend, fetcher=fetcher, in_flight=in_flight)
+    assert await h.handle(request(image={"url": "http://example.com/a.png"})) == "approved"
+    # The retry holds no more than the first attempt did; once read, the body holds its size.
+    assert held == [50 * mib, 50 * mib, len(body)]
+    assert in_flight.total == 0
 
 
 async def test_a_verdict_the_broker_refuses_is_dead_lettered_instead() -> None:
@@ -437,3 +472,158 @@ async def test_activation_conditions_send_an_image_to_review() -> None:
 async def test_activation_conditions_that_do_not_hold_leave_the_thresholds_to_decide() -> None:
     h = harness(Backend([Label("Alcohol", "", 5.0, 1)]), conditions=ALCOHOL_OVER_10)
     assert await h.handle(request()) == "approved"
+
+
+# -- normalization: formats, frames, the worst frame ------------------------------------------
+
+
+class ByFrame(ReviewingBackend):
+    """Answers each frame by its colour (``image_files.frame_colour``): ``labels[frame]``, else
+    MILD; with a managed review asked for, A2I starts one."""
+
+    def __init__(self, labels: dict[int, list[Label]]) -> None:
+        super().__init__()
+        self.by_frame = labels
+        self.frames: list[int] = []
+        self.reviewed_frames: list[int] = []
+
+    @staticmethod
+    def frame_of(image: BackendImage) -> int:
+        assert isinstance(image, bytes), image
+        with Image.open(io.BytesIO(image)) as decoded:
+            assert decoded.format in ("JPEG", "PNG")
+            return image_files.nearest_frame(image_files.centre_colour(decoded))
+
+    async def moderate(self, image: BackendImage, min_confidence: float) -> ModerationResult:
+        frame = self.frame_of(image)
+        self.frames.append(frame)
+        self.calls.append(image)
+        await asyncio.sleep(0)  # let the other frames' calls run meanwhile
+        return ModerationResult(self.by_frame.get(frame, [MILD]), "test-model")
+
+    async def moderate_with_review(
+        self, image: BackendImage, min_confidence: float, review: HumanLoopRequest
+    ) -> ModerationResult:
+        self.reviews.append(review)
+        self.reviewed_frames.append(self.frame_of(image))
+        result = await self.moderate(image, min_confidence)
+        arn = "arn:aws:sagemaker:us-east-1:000000000000:human-loop/" + review.name
+        return dataclasses.replace(result, managed_review=ManagedReview(arn))
+
+
+def inline(data: bytes, request_id: str = "r1") -> bytes:
+    return request(request_id, {"bytes": base64.b64encode(data).decode()})
+
+
+async def test_each_frame_of_an_animation_is_analyzed_and_the_worst_decides() -> None:
+    backend = ByFrame({4: [EXPLICIT]})
+    h = harness(backend)
+    assert await h.handle(inline(image_files.gif_animated(frames=6))) == "rejected"
+    assert sorted(backend.frames) == [0, 1, 2, 4, 5]  # 5 of 6, spread, ends included
+    _, record = h.sink.only()
+    assert record["analyzed"] == {
+        "format": "gif",
+        "converted": True,
+        "frames_analyzed": 5,
+        "frame_count": 6,
+    }
+    assert sorted((label["frame"], label["name"]) for label in record["labels"]) == [
+        (0, "Alcohol"),
+        (1, "Alcohol"),
+        (2, "Alcohol"),
+        (4, "Explicit"),
+        (5, "Alcohol"),
+    ]
+    assert record["reasons"][0]["label"] == "Explicit"
+    assert h.registry.get_sample_value("moderation_frames_analyzed_total") == 5
+    assert h.counter("images_normalized", format="gif", action="converted") == 1
+
+
+async def test_a_still_image_within_the_limits_passes_untouched_and_labels_carry_no_frame() -> None:
+    data = image_files.png()
+    backend = ByFrame({0: [BORDERLINE]})
+    h = harness(backend)
+    assert await h.handle(inline(data)) == "review"
+    assert backend.calls == [data]
+    _, record = h.sink.only()
+    assert record["analyzed"] == {
+        "format": "png",
+        "converted": False,
+        "frames_analyzed": 1,
+        "frame_count": 1,
+    }
+    assert "frame" not in record["labels"][0]
+    assert h.counter("images_normalized", format="png", action="passthrough") == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "fmt"),
+    [
+        (image_files.webp_lossy(), "webp"),
+        (image_files.tiny("PNG", 40), "png"),
+        (image_files.bmp(), "bmp"),
+        (image_files.heic(), "heif"),
+    ],
+)
+async def test_what_the_backend_cannot_read_is_converted_to_a_jpeg_it_can(
+    data: bytes, fmt: str
+) -> None:
+    backend = Backend([MILD])
+    h = harness(backend)
+    assert await h.handle(inline(data)) == "approved"
+    (sent,) = backend.calls
+    assert isinstance(sent, bytes)
+    with Image.open(io.BytesIO(sent)) as decoded:
+        assert decoded.format == "JPEG"
+        assert min(decoded.size) >= 80
+    _, record = h.sink.only()
+    assert record["analyzed"]["format"] == fmt
+    assert record["analyzed"]["converted"] is True
+
+
+async def test_an_animation_asks_for_the_managed_review_with_its_deciding_frame_only() -> None:
+    backend = ByFrame({2: [BORDERLINE]})
+    settings = with_review(SETTINGS, flow_definition_arn=FLOW, content_classifiers=())
+    h = harness(backend, settings=settings)
+    assert await h.handle(inline(image_files.gif_animated(frames=4))) == "review"
+    assert sorted(backend.frames) == [0, 1, 2, 2, 3]  # every frame, then frame 2 again
+    assert backend.reviewed_frames == [2]
+    _, record = h.sink.only()
+    assert record["review"]["mode"] == "managed"
+    assert h.registry.get_sample_value("moderation_frames_analyzed_total") == 5
+
+
+async def test_an_approved_animation_asks_for_no_managed_review() -> None:
+    backend = ByFrame({})
+    settings = with_review(SETTINGS, flow_definition_arn=FLOW, content_classifiers=())
+    h = harness(backend, settings=settings)
+    assert await h.handle(inline(image_files.gif_animated(frames=3))) == "approved"
+    assert backend.reviewed_frames == []
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"%PDF-1.7\n" + bytes(200), Reason.NOT_AN_IMAGE),
+        (image_files.truncated(image_files.jpeg_baseline()), Reason.TRUNCATED_IMAGE),
+        (image_files.jpeg_coefficient_bomb(12_000, 12_000), Reason.IMAGE_TOO_MANY_PIXELS),
+    ],
+)
+async def test_what_cannot_be_decoded_is_dead_lettered_unanalyzed(
+    data: bytes, reason: Reason
+) -> None:
+    backend = Backend()
+    h = harness(backend)
+    assert await h.handle(inline(data)) == reason.value
+    topic, letter = h.sink.only()
+    assert topic == TOPICS.dlq_topic
+    assert letter["error"]["reason"] == reason.value
+    assert backend.calls == []
+
+
+async def test_a_backend_that_cannot_read_s3_refuses_references_without_s3_reads() -> None:
+    backend = Backend()
+    backend.input = BackendInput("encoded", s3_max_bytes=None)
+    h = harness(backend)
+    assert await h.handle(request()) == "invalid_s3_object"
+    assert backend.calls == []

@@ -267,7 +267,7 @@ def test_missing_region_is_named_when_rekognition_is_asked_for() -> None:
 def test_without_any_aws_configuration_the_local_model_is_the_default() -> None:
     settings = Settings.from_env({})
     assert settings.backend.kind == "local"
-    assert settings.backend.local.models == ("opennsfw",)
+    assert settings.backend.local.models == ("opennsfw", "safety")
     assert settings.backend.tps == 50.0 * settings.backend.local.workers
     assert (
         Settings.from_env(

@@ -291,9 +291,29 @@ def test_a_huge_photo_is_brought_to_about_12_mp() -> None:
 
 
 @pytest.mark.parametrize(
+    "make", [files.jpeg_cmyk, files.png_rgb16, files.png_grey16], ids=["cmyk", "rgb16", "grey16"]
+)
+def test_samples_rekognition_does_not_document_are_converted_not_passed(
+    make: Callable[[], bytes],
+) -> None:
+    result = normalize(make(), REKOGNITION_INPUT, LIMITS)
+    assert result.converted
+    (frame,) = result.frames
+    assert isinstance(frame, EncodedFrame)
+    with Image.open(io.BytesIO(frame.data)) as decoded:
+        assert (decoded.format, decoded.mode) == ("JPEG", "RGB")
+
+
+@pytest.mark.parametrize(
     "make",
-    [files.jpeg_baseline, files.jpeg_progressive, files.png_rgb, files.png_rgba, files.jpeg_cmyk],
-    ids=["jpeg", "jpeg-progressive", "png", "png-rgba", "jpeg-cmyk"],
+    [
+        files.jpeg_baseline,
+        files.jpeg_progressive,
+        files.png_rgb,
+        files.png_rgba,
+        files.png_palette_transparent,
+    ],
+    ids=["jpeg", "jpeg-progressive", "png", "png-rgba", "png-palette"],
 )
 def test_a_jpeg_or_png_within_limits_passes_through_byte_for_byte(
     make: Callable[[], bytes],
