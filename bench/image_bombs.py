@@ -115,9 +115,7 @@ def child(image: Path, warm: Path, mode: str, max_pixels: int) -> None:
     before = _hwm()
     try:
         result = normalize(data, target, limits)
-        outcome = (
-            f"{len(result.frames)} frame(s)" if result.converted else "passed through untouched"
-        )
+        outcome = f"{len(result.frames)} frame(s)" if result.converted else "passed through"
     except InputError as error:
         outcome = str(error.reason)
     print(json.dumps({"increase": _hwm() - before, "outcome": outcome}))

@@ -480,6 +480,8 @@ def test_the_spy_sees_decoding(loads: list[Image.Image]) -> None:
         (lambda: files.jpeg_coefficient_bomb(12_000, 8_000), REKOGNITION_INPUT, LIMITS),
         (lambda: files.jpeg_coefficient_bomb(2_000, 2_000), PIXELS, SMALL),
         (lambda: files.jpeg(3000, 2000), PIXELS, SMALL),  # an honest 6 MP photo, over 4 MP
+        (files.heif_size_bomb, REKOGNITION_INPUT, LIMITS),
+        (lambda: files.heif_size_bomb(files.avif()), PIXELS, LIMITS),
     ],
     ids=[
         "png-pixel-flood",
@@ -491,6 +493,8 @@ def test_the_spy_sees_decoding(loads: list[Image.Image]) -> None:
         "jpeg-coefficients-wide",
         "jpeg-coefficients-small",
         "over-the-bound",
+        "heic-ispe",
+        "avif-ispe",
     ],
 )
 def test_bombs_are_refused_before_decoding(
