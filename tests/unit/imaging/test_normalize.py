@@ -381,11 +381,23 @@ def test_animation_frames_are_spread_with_both_ends(
 
 
 def test_identical_frames_are_analysed_once() -> None:
-    """0 0 0 1 1 2 2 2: positions 0 2 4 5 7 are chosen, 2 repeats 0 and 7 repeats 5."""
+    """0 0 0 1 1 2 2 2: positions 0 2 4 5 7 are chosen; 2 repeats 0, so 3 (the next new
+    picture) takes its slot; 4 repeats 3 and 7 repeats 5."""
     result = normalize(files.gif_repeated(), PIXELS, LIMITS)
     assert result.frame_count == 8
-    assert [frame.index for frame in result.frames] == [0, 4, 5]
+    assert [frame.index for frame in result.frames] == [0, 3, 5]
     assert [nearest_frame(centre_colour(image)) for image in frame_images(result)] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("target", [REKOGNITION_INPUT, PIXELS], ids=["encoded", "pixels"])
+def test_repeats_do_not_crowd_out_the_pictures_between_them(target: BackendInput) -> None:
+    """15 frames of one picture, then 1 2 3 4 5: positions 0 5 10 14 19 are chosen, four of them
+    repeats of frame 0; their slots go to the next new pictures, the last frame still counts."""
+    result = normalize(files.gif_sequence((0,) * 15 + (1, 2, 3, 4, 5)), target, LIMITS)
+    assert result.frame_count == 20
+    assert [frame.index for frame in result.frames] == [0, 15, 16, 17, 19]
+    expected = [0, 1, 2, 3, 5]
+    assert [nearest_frame(centre_colour(image)) for image in frame_images(result)] == expected
 
 
 def test_an_animation_of_one_picture_gives_one_frame() -> None:
