@@ -63,7 +63,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 6
 
 
-async def wait_for_quiet(load: float | None, patience_s: float = 600) -> None:
+async def wait_for_quiet(load: float | None, patience_s: float = 120) -> None:
     """With ``--quiet LOAD``: wait (up to ``patience_s``) until the 1-minute load average of the
     machine is under ``load``, so a round starts while the neighbours rest."""
     deadline = time.monotonic() + patience_s
