@@ -7,7 +7,10 @@ a local model, shorter side 224). Independent of any backend.
 
 * refused before decoding: the 99-byte 10,000 x 10,000 16-bit PNG (its one row of data is
   missing), 100 MP zlib bombs, a GIF whose frame grows the canvas to 3.6 GP, a TIFF with a
-  4 GP tile, a progressive JPEG whose coefficients alone are over the bound, truncated files;
+  4 GP tile, a progressive JPEG whose coefficients alone are over the bound, truncated files
+  (at ``--max-pixels 100000000`` the 10,000 x 10,000 PNGs are within the bound: the one-row
+  PNG is then TRUNCATED_IMAGE, and the zlib bombs are decoded for ``pixels`` and passed to
+  Rekognition untouched for ``encoded``, whose documented limits they meet);
 * admitted at the bound (``--max-pixels``): RGBA, 16-bit RGBA, 16-bit grey and palette+tRNS
   PNGs, a strip too narrow to reduce, a progressive JPEG, a GIF whose frames are spread over
   a canvas its header does not declare, a CMYK TIFF; all wider than 10,000 px so that none
@@ -115,9 +118,7 @@ def child(image: Path, warm: Path, mode: str, max_pixels: int) -> None:
     before = _hwm()
     try:
         result = normalize(data, target, limits)
-        outcome = (
-            f"{len(result.frames)} frame(s)" if result.converted else "passed through untouched"
-        )
+        outcome = f"{len(result.frames)} frame(s)" if result.converted else "passed through"
     except InputError as error:
         outcome = str(error.reason)
     print(json.dumps({"increase": _hwm() - before, "outcome": outcome}))

@@ -116,16 +116,16 @@ def pillow_job(data: bytes, result: NormalizedImage) -> Callable[[], object]:
 
 
 def rate(job: Callable[[], object], duration: float) -> float:
-    """Jobs per second of this thread's CPU time, run for ``duration`` seconds of wall time:
-    throughput per core, and on a shared machine the time other processes take the core
-    away is not counted against either side."""
+    """Jobs per second of this process's CPU time (all its threads: a codec may run its own),
+    run for ``duration`` seconds of wall time: throughput per core, and on a shared machine
+    the time other processes take the core away is not counted against either side."""
     job()  # warm-up
     done = 0
-    started, cpu_started = time.perf_counter(), time.thread_time()
+    started, cpu_started = time.perf_counter(), time.process_time()
     while time.perf_counter() - started < duration:
         job()
         done += 1
-    return done / (time.thread_time() - cpu_started)
+    return done / (time.process_time() - cpu_started)
 
 
 @dataclass
@@ -217,7 +217,8 @@ def main() -> None:
             service: Callable[[], object] = functools.partial(normalize, data, target, LIMITS)
             jobs.append((row, service, pillow_job(data, result)))
     print(
-        f"one thread, CPU time, {args.rounds} interleaved rounds of {args.duration:.0f} s per side"
+        f"one thread (CPU time of the process), {args.rounds} interleaved rounds "
+        f"of {args.duration:.0f} s per side"
     )
     for _ in range(args.rounds):
         for row, ours, pillow in jobs:

@@ -23,7 +23,7 @@ import asyncio
 import ipaddress
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, NoReturn
 from urllib.parse import urlsplit
@@ -291,6 +291,30 @@ def _translate(exc: Exception, url: URL) -> NoReturn:
     ) from exc
 
 
+Reserve = Callable[[int], Awaitable[None]]
+
+
+class _Body:
+    """One fetch's deadline and memory reservation: waiting for the memory stops the clock."""
+
+    def __init__(self, deadline: asyncio.Timeout, reserve: Reserve | None) -> None:
+        self._deadline = deadline
+        self._reserve = reserve
+
+    async def reserve(self, size: int) -> None:
+        if self._reserve is None:
+            return
+        loop = asyncio.get_running_loop()
+        when = self._deadline.when()
+        started = loop.time()
+        self._deadline.reschedule(None)
+        try:
+            await self._reserve(size)
+        finally:
+            if when is not None:
+                self._deadline.reschedule(when + (loop.time() - started))
+
+
 class ImageFetcher:
     """Downloads images by URL under a :class:`FetchPolicy`; one shared session, no state kept.
 
@@ -346,31 +370,35 @@ class ImageFetcher:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def fetch(self, url: str) -> bytes:
+    async def fetch(self, url: str, *, reserve: Reserve | None = None) -> bytes:
         """Return the image at ``url`` as checked JPEG or PNG bytes, or raise :class:`InputError`.
 
         Reasons: INVALID_URL, FORBIDDEN_URL (also for any redirect hop), UNREACHABLE_URL
         (connection refused, DNS failure, timeout of the whole fetch), URL_HTTP_ERROR (non-2xx
         status, a redirect without Location, more than ``max_redirects`` redirects),
         IMAGE_TOO_LARGE, NOT_AN_IMAGE. Cancellation propagates untouched.
+
+        ``reserve``: awaited with the body's declared size (the limit when it declares none)
+        before the body is read, to hold that much memory; the time it waits does not count
+        against the fetch's timeout.
         """
         if self._session is None:
             raise RuntimeError("ImageFetcher.fetch() called before start()")
         current = check_url(url, self._policy)
         try:
-            async with asyncio.timeout(self._policy.timeout_s):
-                return await self._follow(self._session, current)
+            async with asyncio.timeout(self._policy.timeout_s) as deadline:
+                return await self._follow(self._session, current, _Body(deadline, reserve))
         except TimeoutError as exc:
             raise InputError(
                 Reason.UNREACHABLE_URL,
                 f"{redact_url(url)}: no complete response within {self._policy.timeout_s:g} s",
             ) from exc
 
-    async def _follow(self, session: aiohttp.ClientSession, url: URL) -> bytes:
+    async def _follow(self, session: aiohttp.ClientSession, url: URL, body: _Body) -> bytes:
         """Request ``url`` and its redirects, each hop checked, and return the final body."""
         policy = self._policy
         for redirects in range(policy.max_redirects + 1):
-            location = await self._request(session, url)
+            location = await self._request(session, url, body)
             if isinstance(location, bytes):
                 return location
             if redirects == policy.max_redirects:
@@ -393,7 +421,7 @@ class ImageFetcher:
             f"{redact_url(url)}: more than {policy.max_redirects} redirects",
         )
 
-    async def _request(self, session: aiohttp.ClientSession, url: URL) -> bytes | str:
+    async def _request(self, session: aiohttp.ClientSession, url: URL, hold: _Body) -> bytes | str:
         """One GET: the checked body, or the Location of a redirect."""
         try:
             async with session.get(url, allow_redirects=False) as response:
@@ -408,7 +436,7 @@ class ImageFetcher:
                     return location
                 if not 200 <= status < 300:
                     raise InputError(Reason.URL_HTTP_ERROR, f"{redact_url(url)}: HTTP {status}")
-                body = await self._read_body(response, url)
+                body = await self._read_body(response, url, hold)
         except (aiohttp.ClientError, OSError) as exc:
             # TimeoutError is an OSError: aiohttp's own timeouts end up here too.
             _translate(exc, url)
@@ -418,7 +446,7 @@ class ImageFetcher:
             raise InputError(exc.reason, f"{redact_url(url)}: {exc.message}") from exc
         return body
 
-    async def _read_body(self, response: aiohttp.ClientResponse, url: URL) -> bytes:
+    async def _read_body(self, response: aiohttp.ClientResponse, url: URL, hold: _Body) -> bytes:
         """Read at most ``max_bytes`` (plus one chunk) and give up as soon as it is exceeded."""
         limit = self._policy.max_bytes
         declared = response.content_length
@@ -427,6 +455,7 @@ class ImageFetcher:
                 Reason.IMAGE_TOO_LARGE,
                 f"{redact_url(url)}: Content-Length {declared} is more than the limit of {limit}",
             )
+        await hold.reserve(declared if declared is not None else limit)
         body = bytearray()
         async for chunk in response.content.iter_chunked(_CHUNK_BYTES):
             body += chunk

@@ -105,14 +105,13 @@ class Pipeline:
         started = time.monotonic()
         request: ModerationRequest | None = None
         attempts = 0
-        downloaded = 0
+        body = _UrlBody(self._in_flight)  # a URL's body, held from before it is read until done
         try:
             request = self._parser.parse(record.value)
-            loaded = await self._loader.load(request)
+            loaded = await self._loader.load(request, body.reserve)
             attempts = loaded.attempts
-            if attempts and isinstance(loaded.content, bytes):  # a URL's body, held until done
-                downloaded = len(loaded.content)
-                self._in_flight.hold(downloaded)
+            if isinstance(loaded.content, bytes):
+                body.shrink(len(loaded.content))
             image = await self._normalizer.normalize(loaded)
             image = await self._matcher.match(image)
             loop = loop_name(request)
@@ -139,8 +138,7 @@ class Pipeline:
                 record, request, Reason.BACKEND_ERROR, message, exc.attempts, started=started
             )
         finally:
-            if downloaded:
-                self._in_flight.release(downloaded)
+            body.release()
 
         if outcome.review_mode is not None:
             self._metrics.reviews_started.labels(mode=outcome.review_mode).inc()
@@ -236,3 +234,27 @@ class Pipeline:
             max_record_bytes=self._settings.safety.dlq_max_record_bytes,
         )
         self._metrics.dead_letters.labels(reason=reason).inc()
+
+
+class _UrlBody:
+    """The in-flight bytes held for one message's URL download: reserved before the body is
+    read (each attempt anew), cut to its size once it is in, released when the message is done."""
+
+    def __init__(self, in_flight: InFlightBytes) -> None:
+        self._in_flight = in_flight
+        self.held = 0
+
+    async def reserve(self, size: int) -> None:
+        self.release()  # what an earlier attempt held
+        await self._in_flight.reserve(size)
+        self.held = size
+
+    def shrink(self, size: int) -> None:
+        if size < self.held:
+            self._in_flight.release(self.held - size)
+            self.held = size
+
+    def release(self) -> None:
+        if self.held:
+            self._in_flight.release(self.held)
+            self.held = 0

@@ -584,6 +584,18 @@ def _image_descriptor(frame: bytes | bytearray) -> int:
     return position
 
 
+def heif_size_bomb(data: bytes | None = None, side: int = 50_000) -> bytes:
+    """A HEIC (or, given ``data``, any HEIF/AVIF file) whose every ``ispe`` property claims
+    ``side`` x ``side``: the decoder would allocate what the boxes say."""
+    patched = bytearray(heic() if data is None else data)
+    position = patched.find(b"ispe")
+    assert position > 0, "no ispe box"
+    while position > 0:
+        struct.pack_into(">II", patched, position + 8, side, side)  # after version and flags
+        position = patched.find(b"ispe", position + 4)
+    return bytes(patched)
+
+
 def tiff_tile_bomb(tile: int = 1 << 16) -> bytes:
     """A 256x256 TIFF with one ``tile`` x ``tile`` tile of 48 bytes: the decoder allocates the
     tile, not the image."""
@@ -640,6 +652,7 @@ BOMBS: Final[Mapping[str, Callable[[], bytes]]] = {
     "gif-canvas": gif_canvas_bomb,
     "tiff-tile": tiff_tile_bomb,
     "jpeg-coefficients": jpeg_coefficient_bomb,
+    "heif-size": heif_size_bomb,
 }
 """Hostile files that must be refused before decoding. The GIF canvas and the TIFF tile are
 over the default 100 MP bound; the PNGs (10,000 x 10,000) and the JPEG declare exactly 100 MP,

@@ -24,6 +24,9 @@ class ImageHeader:
     width: int  # as stored (before EXIF orientation)
     height: int
     animated: bool | None  # None: not known from the bytes read
+    # 8-bit grey or YCbCr/RGB samples, which every JPEG/PNG reader takes. False for a CMYK/YCCK
+    # JPEG and a 16-bit PNG: legal, but Rekognition documents neither, so they are converted.
+    plain_samples: bool = True
 
 
 def read_header(data: bytes | memoryview, *, complete: bool = True) -> ImageHeader | None:
@@ -55,14 +58,18 @@ def not_an_image(data: bytes | memoryview) -> InputError:
 
 def _jpeg(data: bytes | memoryview, complete: bool) -> ImageHeader | None:
     jpeg = read_jpeg_header(data, complete=complete)
-    return None if jpeg is None else ImageHeader("jpeg", jpeg.width, jpeg.height, False)
+    if jpeg is None:
+        return None
+    plain = len(jpeg.sampling) in (1, 3)
+    return ImageHeader("jpeg", jpeg.width, jpeg.height, False, plain_samples=plain)
 
 
 def _png(data: bytes | memoryview, complete: bool) -> ImageHeader | None:
     if len(data) < 33 and not complete:
         return None
     png = read_png_header(data)
-    return ImageHeader("png", png.width, png.height, png_animated(data, complete=complete))
+    animated = png_animated(data, complete=complete)
+    return ImageHeader("png", png.width, png.height, animated, plain_samples=png.bit_depth <= 8)
 
 
 def _gif(data: bytes | memoryview, complete: bool) -> ImageHeader | None:

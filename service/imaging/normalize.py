@@ -82,11 +82,14 @@ class NormalizedImage:
 
 
 def passes_as_is(header: ImageHeader, size: int, target: BackendInput, *, s3: bool) -> bool:
-    """Whether the backend reads the image exactly as it is (JPEG or PNG, still, sides within
-    limits, ``size`` within ``max_bytes`` or, for an S3 reference, ``s3_max_bytes``)."""
+    """Whether the backend reads the image exactly as it is (JPEG or PNG, still, 8-bit grey
+    or colour samples, sides within limits, ``size`` within ``max_bytes`` or, for an S3
+    reference, ``s3_max_bytes``)."""
     if target.mode != "encoded" or header.format not in ("jpeg", "png"):
         return False
     if header.animated is not False:  # None: an APNG cannot be ruled out from a prefix
+        return False
+    if not header.plain_samples:  # CMYK JPEG, 16-bit PNG: converted rather than risked
         return False
     sides = (header.width, header.height)
     if min(sides) < target.min_side or max(sides) > target.max_side:
@@ -228,19 +231,23 @@ class _Normalization:
             image.draft("RGB", request)
 
     def run(self) -> NormalizedImage:
+        """Decode frames in order up to the last position chosen. A chosen frame identical to
+        one already taken leaves its slot owed: the next different frame takes it, so repeats
+        (a still stretch of an animation) do not crowd out the pictures between them."""
         image = self.image
         wanted = spread(self.frame_count, self.limits.max_frames)
         chosen = frozenset(wanted)
         frames: list[Frame] = []
         seen: set[bytes] = set()
         animated = self.frame_count > 1
+        owed = 0  # chosen slots not filled yet
         done = -1
         for index in range(wanted[-1] + 1):
             self.deadline.check(f"frame {index}")
             if index:
                 try:
                     image.seek(index)
-                except EOFError:  # fewer frames than the file declared
+                except EOFError:  # fewer frames than the file declared: the last one counts
                     self.frame_count = index
                     if done != index - 1:
                         self._add(index - 1, frames, seen, animated)
@@ -249,15 +256,19 @@ class _Normalization:
             if index == 0:
                 self.orientation = orientation(image)
                 check_pixels(image.size, self.limits, "decoded frame")
-            if index in chosen:
-                self._add(index, frames, seen, animated)
+            owed += index in chosen
+            if owed and self._add(index, frames, seen, animated):
+                owed -= 1
                 done = index
         width, height = oriented_size((self.header.width, self.header.height), self.orientation)
         return NormalizedImage(
             self.header.format, width, height, self.frame_count, tuple(frames), converted=True
         )
 
-    def _add(self, index: int, frames: list[Frame], seen: set[bytes], animated: bool) -> None:
+    def _add(self, index: int, frames: list[Frame], seen: set[bytes], animated: bool) -> bool:
+        """Convert the current frame and keep it; False (nothing kept) for a repeat. Frames are
+        compared as converted: decoders hand out frames in different modes (a GIF's first is
+        palette, the rest RGB), so the same picture can differ as decoded."""
         self.deadline.check(f"converting frame {index}")
         if self.target.mode == "pixels":
             factor = reduction_factor(self.image.size, self.target.pixel_side)
@@ -267,16 +278,17 @@ class _Normalization:
         if animated:
             digest = pixel_digest(rgb)
             if digest in seen:
-                return
+                return False
             seen.add(digest)
         if self.target.mode == "pixels":
             # A frame already RGB at its size is the decoder's own image, which the next
             # seek() overwrites: the frame keeps a copy.
             frames.append(PixelFrame(index, rgb.copy() if rgb is self.image else rgb))
-            return
+            return True
         self.deadline.check(f"encoding frame {index}")
         data, width, height = encode_jpeg(rgb, self.target, self.limits.jpeg_quality)
         frames.append(EncodedFrame(index, data, "jpeg", width, height))
+        return True
 
     def _planned_rgb(self) -> Image.Image:
         """The current frame in RGB at the planned size (a DCT-scaled JPEG close enough to it

@@ -33,8 +33,8 @@ _TRANSPOSE: Final[Mapping[int, Image.Transpose]] = {  # EXIF orientation -> the 
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-_SIDEWAYS: Final = frozenset({5, 6, 7, 8})
-_ORIENTATION: Final = 0x0112  # orientations that swap width and height
+_SIDEWAYS: Final = frozenset({5, 6, 7, 8})  # orientations that swap width and height
+_ORIENTATION: Final = 0x0112  # the EXIF (TIFF) tag of the orientation
 _HIGH_BYTE: Final = [value >> 8 for value in range(65536)]
 
 

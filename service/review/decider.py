@@ -594,7 +594,7 @@ class _Run:
 
 
 def _label(label: ReviewLabel) -> Label:
-    return Label(label.name, label.parent, label.confidence, label.taxonomy_level)
+    return Label(label.name, label.parent, label.confidence, label.taxonomy_level, label.frame)
 
 
 # -- across loops: the timers and the bound on held events ----------------------------------

@@ -57,6 +57,7 @@ class ReviewLabel:
     parent: str
     confidence: float
     taxonomy_level: int
+    frame: int | None = None  # an animation's frame it was seen in
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +150,10 @@ def _labels(value: object) -> tuple[ReviewLabel, ...]:
         level = label.get("taxonomy_level")
         if not _is_int(level) or not 0 <= level <= 3:
             raise _invalid(f"'{where}.taxonomy_level' must be an integer from 0 to 3")
-        labels.append(ReviewLabel(name, parent, float(confidence), int(level)))
+        frame = label.get("frame")
+        if frame is not None and (not _is_int(frame) or frame < 0):
+            raise _invalid(f"'{where}.frame' must be a non-negative integer")
+        labels.append(ReviewLabel(name, parent, float(confidence), int(level), frame))
     return tuple(labels)
 
 

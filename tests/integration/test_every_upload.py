@@ -94,10 +94,10 @@ def uploads() -> dict[str, Upload]:
         "png-over-5-mib": Upload(
             "bytes", padded_png(MAX_IMAGE_BYTES + 1000, REVIEW), "review", "png", True
         ),
-        # JPEG and PNG within the limits: passed on untouched (EXIF orientation and all; CMYK
-        # and 16-bit are JPEG and PNG, which Rekognition reads, so they pass too).
-        "jpeg-cmyk": Upload("bytes", f.jpeg_cmyk(), "approved", "jpeg", False),
-        "png-16-bit": Upload("bytes", f.png_rgb16(), "approved", "png", False),
+        # CMYK JPEG and 16-bit PNG: legal, but not documented for Rekognition: converted.
+        "jpeg-cmyk": Upload("bytes", f.jpeg_cmyk(), "approved", "jpeg", True),
+        "png-16-bit": Upload("bytes", f.png_rgb16(), "approved", "png", True),
+        # JPEG and PNG within the limits: passed on untouched (EXIF orientation and all).
         "jpeg-exif-rotated": Upload("bytes", f.jpeg_oriented(6), "approved", "jpeg", False),
         "png-alpha": Upload("bytes", f.png_rgba(), "approved", "png", False),
         "jpeg": Upload("bytes", f.jpeg(400, 300, REJECT), "rejected", "jpeg", False),

@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 
 from tests import image_files
 from tests.fakes.rekognition import FakeRekognition, FakeStats, Received
-from tests.images import solid_png
+from tests.images import solid_png, zlib_bomb_png
 
 PNG = solid_png(96, 96)  # real images within Rekognition's limits: the fake checks them
 JPEG = image_files.jpeg(96, 96)
@@ -443,6 +443,17 @@ async def test_bytes_rekognition_cannot_read_are_refused_as_aws_does(
 ) -> None:
     async with rekognition(fake_rekognition) as client:
         assert await error_code(client.detect_moderation_labels(Image={"Bytes": data})) == code
+
+
+async def test_the_largest_image_rekognition_takes_is_answered_not_a_500(
+    fake_rekognition: FakeRekognition,
+) -> None:
+    # 10,000 x 10,000 (~400 KB): over Pillow's 89 MP bomb warning, which pytest makes an error.
+    bomb = zlib_bomb_png()
+    async with rekognition(fake_rekognition) as client:
+        got = await client.detect_moderation_labels(Image={"Bytes": bomb})
+    assert got["ModerationLabels"] == []
+    assert fake_rekognition.stats.received == [Received("bytes", "png", len(bomb), 10_000, 10_000)]
 
 
 async def test_what_each_call_carried_is_recorded(fake_rekognition: FakeRekognition) -> None:

@@ -537,6 +537,22 @@ async def test_body_limit_follows_the_policy(server: Server) -> None:
     assert error.reason is Reason.IMAGE_TOO_LARGE
 
 
+async def test_the_body_is_reserved_before_it_is_read_and_the_wait_is_not_timed(
+    server: Server,
+) -> None:
+    reserved: list[int] = []
+
+    async def reserve(size: int) -> None:
+        reserved.append(size)
+        await asyncio.sleep(0.8)  # longer than the whole fetch may take: memory was short
+
+    async with ImageFetcher(FetchPolicy(timeout_s=0.5, allowed_networks=LOOPBACK)) as quick:
+        assert await quick.fetch(server.url("/x.png"), reserve=reserve) == PNG
+        assert reserved == [len(PNG)]  # its Content-Length
+        error = await _reason(quick, server.url("/slow-body"))  # the clock still runs
+    assert error.reason is Reason.UNREACHABLE_URL
+
+
 @pytest.mark.parametrize("hops", [1, 2, 3])
 async def test_redirects_followed(fetcher: ImageFetcher, server: Server, hops: int) -> None:
     # /chain/3 -> /chain/2 (absolute path) -> 1 (relative) -> http://127.0.0.1:port/chain/0

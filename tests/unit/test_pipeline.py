@@ -11,7 +11,7 @@ import asyncio
 import base64
 import dataclasses
 import io
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from service.activation import parse_conditions
 from service.backends.base import BackendImage, HumanLoopRequest, ManagedReview, ModerationResult
-from service.capacity import ConcurrencyBudget
+from service.capacity import ConcurrencyBudget, InFlightBytes
 from service.errors import (
     BackendError,
     BackendUnavailable,
@@ -100,13 +100,24 @@ class ReviewingBackend(Backend):
 
 
 class Fetcher:
-    def __init__(self, *answers: bytes | InputError) -> None:
+    """Answers each fetch with the next scripted body or error; like ImageFetcher, it reserves
+    a body's size (``declared``, else the body's own) before handing it over."""
+
+    def __init__(self, *answers: bytes | InputError, declared: int | None = None) -> None:
         self.answers = list(answers)
         self.urls: list[str] = []
+        self.declared = declared
+        self.on_reserved: Callable[[], None] = lambda: None
 
-    async def fetch(self, url: str) -> bytes:
+    async def fetch(
+        self, url: str, *, reserve: Callable[[int], Awaitable[None]] | None = None
+    ) -> bytes:
         self.urls.append(url)
         answer = self.answers.pop(0)
+        if reserve is not None:
+            size = len(answer) if isinstance(answer, bytes) else 0
+            await reserve(self.declared if self.declared is not None else size)
+            self.on_reserved()
         if isinstance(answer, InputError):
             raise answer
         return answer
@@ -153,6 +164,7 @@ def harness(
     sink: Sink | None = None,
     settings: Settings = SETTINGS,
     conditions: str | None = None,
+    in_flight: InFlightBytes | None = None,
 ) -> Harness:
     registry = CollectorRegistry()
     metrics = PipelineMetrics(registry)
@@ -171,6 +183,7 @@ def harness(
         budget=ConcurrencyBudget(limiter, ceiling=16),
         conditions=parse_conditions(conditions, source="test") if conditions else None,
         backend_name="test",
+        in_flight=in_flight,
     )
     return Harness(pipeline, sink, breaker, registry)
 
@@ -278,6 +291,23 @@ async def test_a_url_image_is_fetched_and_analysed() -> None:
     h = harness(backend, fetcher=fetcher)
     assert await h.handle(request(image={"url": "http://example.com/a.png"})) == "approved"
     assert backend.calls == [fetched]  # within Rekognition's limits: passed through untouched
+
+
+async def test_a_url_body_is_held_from_before_it_is_read_until_the_message_is_done() -> None:
+    mib = 1024 * 1024
+    in_flight = InFlightBytes(64 * mib)
+    body = image_files.png(120, 90)
+    # No Content-Length: each attempt holds the download limit while the body arrives.
+    fetcher = Fetcher(InputError(Reason.UNREACHABLE_URL, "reset"), body, declared=50 * mib)
+    held: list[int] = []
+    fetcher.on_reserved = lambda: held.append(in_flight.total)
+    backend = Backend([MILD])
+    backend.on_call = lambda: held.append(in_flight.total)
+    h = harness(backend, fetcher=fetcher, in_flight=in_flight)
+    assert await h.handle(request(image={"url": "http://example.com/a.png"})) == "approved"
+    # The retry holds no more than the first attempt did; once read, the body holds its size.
+    assert held == [50 * mib, 50 * mib, len(body)]
+    assert in_flight.total == 0
 
 
 async def test_a_verdict_the_broker_refuses_is_dead_lettered_instead() -> None:

@@ -291,9 +291,29 @@ def test_a_huge_photo_is_brought_to_about_12_mp() -> None:
 
 
 @pytest.mark.parametrize(
+    "make", [files.jpeg_cmyk, files.png_rgb16, files.png_grey16], ids=["cmyk", "rgb16", "grey16"]
+)
+def test_samples_rekognition_does_not_document_are_converted_not_passed(
+    make: Callable[[], bytes],
+) -> None:
+    result = normalize(make(), REKOGNITION_INPUT, LIMITS)
+    assert result.converted
+    (frame,) = result.frames
+    assert isinstance(frame, EncodedFrame)
+    with Image.open(io.BytesIO(frame.data)) as decoded:
+        assert (decoded.format, decoded.mode) == ("JPEG", "RGB")
+
+
+@pytest.mark.parametrize(
     "make",
-    [files.jpeg_baseline, files.jpeg_progressive, files.png_rgb, files.png_rgba, files.jpeg_cmyk],
-    ids=["jpeg", "jpeg-progressive", "png", "png-rgba", "jpeg-cmyk"],
+    [
+        files.jpeg_baseline,
+        files.jpeg_progressive,
+        files.png_rgb,
+        files.png_rgba,
+        files.png_palette_transparent,
+    ],
+    ids=["jpeg", "jpeg-progressive", "png", "png-rgba", "png-palette"],
 )
 def test_a_jpeg_or_png_within_limits_passes_through_byte_for_byte(
     make: Callable[[], bytes],
@@ -361,11 +381,23 @@ def test_animation_frames_are_spread_with_both_ends(
 
 
 def test_identical_frames_are_analysed_once() -> None:
-    """0 0 0 1 1 2 2 2: positions 0 2 4 5 7 are chosen, 2 repeats 0 and 7 repeats 5."""
+    """0 0 0 1 1 2 2 2: positions 0 2 4 5 7 are chosen; 2 repeats 0, so 3 (the next new
+    picture) takes its slot; 4 repeats 3 and 7 repeats 5."""
     result = normalize(files.gif_repeated(), PIXELS, LIMITS)
     assert result.frame_count == 8
-    assert [frame.index for frame in result.frames] == [0, 4, 5]
+    assert [frame.index for frame in result.frames] == [0, 3, 5]
     assert [nearest_frame(centre_colour(image)) for image in frame_images(result)] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("target", [REKOGNITION_INPUT, PIXELS], ids=["encoded", "pixels"])
+def test_repeats_do_not_crowd_out_the_pictures_between_them(target: BackendInput) -> None:
+    """15 frames of one picture, then 1 2 3 4 5: positions 0 5 10 14 19 are chosen, four of them
+    repeats of frame 0; their slots go to the next new pictures, the last frame still counts."""
+    result = normalize(files.gif_sequence((0,) * 15 + (1, 2, 3, 4, 5)), target, LIMITS)
+    assert result.frame_count == 20
+    assert [frame.index for frame in result.frames] == [0, 15, 16, 17, 19]
+    expected = [0, 1, 2, 3, 5]
+    assert [nearest_frame(centre_colour(image)) for image in frame_images(result)] == expected
 
 
 def test_an_animation_of_one_picture_gives_one_frame() -> None:
@@ -460,6 +492,8 @@ def test_the_spy_sees_decoding(loads: list[Image.Image]) -> None:
         (lambda: files.jpeg_coefficient_bomb(12_000, 8_000), REKOGNITION_INPUT, LIMITS),
         (lambda: files.jpeg_coefficient_bomb(2_000, 2_000), PIXELS, SMALL),
         (lambda: files.jpeg(3000, 2000), PIXELS, SMALL),  # an honest 6 MP photo, over 4 MP
+        (files.heif_size_bomb, REKOGNITION_INPUT, LIMITS),
+        (lambda: files.heif_size_bomb(files.avif()), PIXELS, LIMITS),
     ],
     ids=[
         "png-pixel-flood",
@@ -471,6 +505,8 @@ def test_the_spy_sees_decoding(loads: list[Image.Image]) -> None:
         "jpeg-coefficients-wide",
         "jpeg-coefficients-small",
         "over-the-bound",
+        "heic-ispe",
+        "avif-ispe",
     ],
 )
 def test_bombs_are_refused_before_decoding(

@@ -90,15 +90,19 @@ def iso(epoch: float) -> str:
     return iso_from_epoch(epoch)
 
 
-def review(loop: str = LOOP, request_id: str | None = None, **details: Any) -> ReviewRecord:
+def review(
+    loop: str = LOOP,
+    request_id: str | None = None,
+    labels: list[dict[str, Any]] | None = None,
+    **details: Any,
+) -> ReviewRecord:
     record = {
         "schema_version": 1,
         "id": request_id or f"req-{loop}",
         "verdict": "review",
         "decided_by": "model",
-        "labels": [
-            {"name": "Swimwear or Underwear", "parent": "", "confidence": 66, "taxonomy_level": 1}
-        ],
+        "labels": labels
+        or [{"name": "Swimwear or Underwear", "parent": "", "confidence": 66, "taxonomy_level": 1}],
         "model_version": "7.0",
         "reasons": [{"rule": "review_threshold", "policy": "default"}],
         "attributes": {"uploader": "u-1"},
@@ -567,6 +571,23 @@ def test_failed_stopped_and_expired_loops_get_the_fallback(
     ]
     assert body["human_review"]["why"].startswith(f"human loop {status}")
     assert body["labels"][0]["name"] == "Swimwear or Underwear"  # the model's labels
+
+
+def test_an_animations_label_frames_survive_into_the_final_verdict() -> None:
+    framed = [
+        {"name": "Swimwear or Underwear", "parent": "", "confidence": 66, "taxonomy_level": 1},
+        {"name": "Alcohol", "parent": "", "confidence": 55, "taxonomy_level": 1},
+    ]
+    framed[0]["frame"], framed[1]["frame"] = 4, 0
+    record = review(labels=framed)
+    _, outputs = run(LoopState(review=record), CompletionArrived(completion(status="Stopped")))
+    publish = outputs[-1]
+    assert isinstance(publish, Publish)
+    body = verdict_of(publish)
+    assert [(label["name"], label["frame"]) for label in body["labels"]] == [
+        ("Swimwear or Underwear", 4),
+        ("Alcohol", 0),
+    ]
 
 
 def test_the_approve_fallback_approves() -> None:

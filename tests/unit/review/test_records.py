@@ -97,6 +97,7 @@ labels = st.lists(
         st.text(max_size=40),
         st.floats(min_value=0, max_value=100),
         st.integers(min_value=0, max_value=3),
+        st.none() | st.integers(min_value=0, max_value=10_000),  # an animation's frame
     ),
     max_size=8,
 )
@@ -146,8 +147,8 @@ def test_every_record_the_pipeline_builds_parses(
     parsed = parse(value)
     assert parsed.raw == orjson.loads(value)
     assert (parsed.id, parsed.loop_name, parsed.mode) == (request_id, loop_name(request), mode)
-    assert [(label.name, label.confidence) for label in parsed.labels] == [
-        (label.name, label.confidence) for label in found
+    assert [(label.name, label.confidence, label.frame) for label in parsed.labels] == [
+        (label.name, label.confidence, label.frame) for label in found
     ]
     assert parsed.attributes == attributes
     assert parsed.fallback_reason == fallback
@@ -264,6 +265,8 @@ def _with(path: tuple[Any, ...], value: Any) -> bytes:
         (("labels", 0, "confidence"), True),
         (("labels", 0, "confidence"), 100.5),
         (("labels", 0, "taxonomy_level"), 2.0),
+        (("labels", 0, "frame"), -1),
+        (("labels", 0, "frame"), "3"),
         (("labels", 0, "name"), 7),
         (("labels", 0), "Explicit"),
         (("labels",), {"name": "x"}),
