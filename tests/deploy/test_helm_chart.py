@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 import pytest
@@ -21,7 +21,7 @@ import yaml
 from helm_python.errors import HelmValuesError
 
 from service.environment import environment_variables
-from service.settings import Settings
+from service.settings import LocalModel, LocalModelSettings, Settings
 
 helm = pytest.importorskip(
     "helm_python", reason="helm-python-sdk is not installed (pip install helm-python-sdk==0.2.2)"
@@ -529,7 +529,13 @@ def test_the_local_backend_gets_its_own_settings_and_no_quota_split(chart: Any) 
     assert env["MODERATION_BACKEND"] == "local"
     assert env["MODERATION_TPS"] == "120"
     assert env["MODERATION_LOCAL_WORKERS"] == "4"
-    assert env["MODERATION_LOCAL_MODELS"] == "opennsfw"
+    assert env["MODERATION_LOCAL_MODELS"] == ",".join(LocalModelSettings().models)
     assert "REKOGNITION_ENDPOINT_URL" not in env
     with pytest.raises(HelmValuesError, match="localModel"):
         render(chart, {"localModel": {"models": ["clip"]}})
+
+
+def test_the_chart_offers_every_local_model_the_service_knows(chart: Any) -> None:
+    every = list(get_args(LocalModel))
+    env = env_data(render(chart, {"backend": "local", "localModel": {"models": every}}))
+    assert env["MODERATION_LOCAL_MODELS"] == ",".join(every)
