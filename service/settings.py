@@ -152,6 +152,11 @@ class KafkaSettings(EnvGroup):
         }
 
 
+def _cores() -> int:
+    """The cores this process may run on: the default size of its CPU-bound pools."""
+    return len(os.sched_getaffinity(0))
+
+
 class LocalModelSettings(EnvGroup):
     """The offline backend (``.[local]`` extra): models shipped in wheels, a bounded pool."""
 
@@ -160,7 +165,7 @@ class LocalModelSettings(EnvGroup):
     )
     workers: int = variable(
         "MODERATION_LOCAL_WORKERS",
-        default_factory=lambda: len(os.sched_getaffinity(0)),
+        default_factory=_cores,
         ge=1,
         le=256,
     )
@@ -248,7 +253,7 @@ class ImageSettings(EnvGroup):
     max_frames: int = variable("MODERATION_MAX_FRAMES", 5, ge=1, le=100)
     decode_workers: int = variable(
         "MODERATION_DECODE_WORKERS",
-        default_factory=lambda: len(os.sched_getaffinity(0)),
+        default_factory=_cores,
         ge=1,
         le=256,
     )

@@ -27,6 +27,7 @@ class ImageHeader:
     # 8-bit grey or YCbCr/RGB samples, which every JPEG/PNG reader takes. False for a CMYK/YCCK
     # JPEG and a 16-bit PNG: legal, but Rekognition documents neither, so they are converted.
     plain_samples: bool = True
+    frames: int | None = None  # counted from the headers of a whole GIF (None: not counted)
 
 
 def read_header(data: bytes | memoryview, *, complete: bool = True) -> ImageHeader | None:
@@ -77,7 +78,8 @@ def _gif(data: bytes | memoryview, complete: bool) -> ImageHeader | None:
     if scan is None:
         return None
     animated = scan.frames > 1 if scan.ended or complete else (True if scan.frames > 1 else None)
-    return ImageHeader("gif", scan.width, scan.height, animated)
+    frames = scan.frames if complete else None
+    return ImageHeader("gif", scan.width, scan.height, animated, frames=frames)
 
 
 def _webp(data: bytes | memoryview, complete: bool) -> ImageHeader | None:

@@ -20,7 +20,6 @@ from service.imaging.encode import (
 )
 from service.imaging.formats import BackendFormat, SourceFormat
 from service.imaging.frames import spread
-from service.imaging.gif import scan_gif
 from service.imaging.header import ImageHeader, read_header
 from service.imaging.jpeg import read_jpeg_header
 from service.imaging.pixels import (
@@ -191,9 +190,8 @@ class _Normalization:
                     "MODERATION_MAX_IMAGE_PIXELS",
                 )
         elif fmt == "gif":
-            scan = scan_gif(data, complete=True)
-            assert scan is not None  # complete=True raises instead
-            self.frame_count = scan.frames
+            assert header.frames is not None  # read_header walked the whole file's blocks
+            self.frame_count = header.frames
         self.deadline.check("decoding")
         image = open_image(data, fmt)
         check_pixels(image.size, limits, f"{fmt.upper()} image as decoded")

@@ -9,7 +9,8 @@ from service.imaging.header import ImageHeader, read_header
 from tests import image_files as files
 from tests.image_files import SAMPLES
 
-EXPECTED = {  # name: (width, height, animated) as stored, before EXIF orientation
+EXPECTED = {  # name: (width, height, animated[, plain samples, GIF frames]) as stored, before EXIF
+    # orientation
     "jpeg-baseline": (320, 240, False),
     "jpeg-exif-6": (120, 160, False),
     "png-rgb": (320, 240, False),
@@ -18,8 +19,8 @@ EXPECTED = {  # name: (width, height, animated) as stored, before EXIF orientati
     "webp-lossy": (320, 240, False),
     "webp-lossless-alpha": (120, 100, False),
     "webp-animated": (120, 100, True),
-    "gif-still": (120, 100, False),
-    "gif-animated": (120, 100, True),
+    "gif-still": (120, 100, False, True, 1),
+    "gif-animated": (120, 100, True, True, 6),
     "heic": (320, 240, False),
     "avif": (320, 240, False),
     "bmp": (320, 240, False),
@@ -49,6 +50,7 @@ def test_a_prefix_gives_the_size_or_none_never_an_error(name: str, length: int) 
         return
     assert (prefix.format, prefix.width, prefix.height) == (whole.format, whole.width, whole.height)
     assert prefix.animated in (whole.animated, None)
+    assert prefix.frames is None  # a prefix cannot count them
 
 
 def test_a_gif_prefix_knows_it_is_animated_once_it_holds_two_frames() -> None:
